@@ -1,0 +1,171 @@
+"""Arch configurations: what they are made of, where they come from, and how
+one becomes a running :class:`~mmugather.core.mm.Machine`.
+
+An :class:`ArchSpec` names its Kconfig-style features (each implemented by a
+plugin in :mod:`mmugather.plugins`) and its own plugin modules for what only
+it does.  Specs are collected through the ``mmugather_add_arches`` hook from
+the built-in :mod:`mmugather.arches` and from every module registered in the
+``mmugather.arches`` entry-point group, the way pytest finds ``pytest11``
+plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+import attrs
+import pluggy
+
+from mmugather.core import hookspecs
+from mmugather.core.constants import PAGE_SIZES, Geometry
+from mmugather.core.events import Emit
+from mmugather.core.mm import Machine
+
+ENTRY_POINT_GROUP = "mmugather.arches"
+
+
+class ArchError(Exception):
+    """An unknown arch, a bad page size, or a broken arch plugin."""
+
+
+@attrs.frozen(slots=True)
+class ArchSpec:
+    """One arch configuration.
+
+    ``geometry`` maps a PAGE_SIZE to the constants the arch compiles in;
+    ``page_sizes`` are the sizes it supports.  ``plugins`` are registered after
+    the feature plugins, so they override them.
+    """
+
+    name: str
+    description: str
+    features: tuple[str, ...] = ()
+    plugins: tuple[Any, ...] = ()
+    geometry: Callable[[int], Geometry] = Geometry
+    page_sizes: tuple[int, ...] = PAGE_SIZES
+    #: where it came from: "built-in" or "entry point NAME (DIST VERSION)"
+    origin: str = "built-in"
+
+    def resolved_features(self) -> list[str]:
+        """Features with what they select, in a stable order."""
+        from mmugather.plugins import SELECTS
+
+        out: list[str] = []
+        for feat in self.features:
+            for dep in (feat, *SELECTS.get(feat, ())):
+                if dep not in out:
+                    out.append(dep)
+        return out
+
+
+def _builtin_module() -> ModuleType:
+    from mmugather import arches
+
+    return arches
+
+
+class ArchRegistry:
+    """Every arch the installation knows, by name."""
+
+    def __init__(self, *, entry_points: bool = True, extra: Sequence[Any] = ()) -> None:
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        pm.register(_builtin_module(), name="mmugather.arches")
+        origins: dict[str, str] = {}
+        if entry_points:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            for plugin, dist in pm.list_plugin_distinfo():
+                origins[pm.get_name(plugin) or ""] = (
+                    f"entry point {pm.get_name(plugin)} ({dist.project_name} {dist.version})"
+                )
+        for plugin in extra:
+            pm.register(plugin)
+            origins[pm.get_name(plugin) or ""] = f"plugin {getattr(plugin, '__name__', plugin)}"
+        self._specs: dict[str, ArchSpec] = {}
+        for impl in pm.hook.mmugather_add_arches.get_hookimpls():
+            where = origins.get(impl.plugin_name, "built-in")
+            for spec in impl.function() or ():
+                if not isinstance(spec, ArchSpec):
+                    raise ArchError(f"{impl.plugin_name}: mmugather_add_arches returned {spec!r}")
+                if spec.name in self._specs:
+                    raise ArchError(
+                        f"arch {spec.name!r} from {where} is already provided by "
+                        f"{self._specs[spec.name].origin}"
+                    )
+                if where != "built-in":
+                    spec = attrs.evolve(spec, origin=where)
+                self._specs[spec.name] = spec
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def get(self, name: str) -> ArchSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            known = ", ".join(self._specs)
+            raise ArchError(f"unknown arch {name!r} (known: {known})") from None
+
+    def __iter__(self) -> Any:
+        return iter(self._specs.values())
+
+
+_default_registry: ArchRegistry | None = None
+
+
+def registry() -> ArchRegistry:
+    """The process-wide registry (built-ins plus entry points), built once."""
+    global _default_registry
+    if _default_registry is None:
+        _default_registry = ArchRegistry()
+    return _default_registry
+
+
+def plugin_manager(spec: ArchSpec, *, extra_plugins: Sequence[Any] = ()) -> pluggy.PluginManager:
+    """The hooks of one arch: generic defaults, its features, its own plugins,
+    then ``extra_plugins`` (strategies, mutants, observers), each overriding
+    what came before."""
+    from mmugather.plugins import FEATURES, generic
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(generic, name="generic")
+    for feat in spec.resolved_features():
+        try:
+            module = FEATURES[feat]
+        except KeyError:
+            raise ArchError(
+                f"arch {spec.name!r} selects unknown feature {feat!r} "
+                f"(known: {', '.join(FEATURES)})"
+            ) from None
+        pm.register(module, name=f"feature:{feat}")
+    for i, plugin in enumerate(spec.plugins):
+        pm.register(plugin, name=f"arch:{spec.name}:{i}")
+    for i, plugin in enumerate(extra_plugins):
+        pm.register(plugin, name=f"extra:{i}:{getattr(plugin, '__name__', type(plugin).__name__)}")
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ArchError(f"arch {spec.name!r}: {exc}") from None
+    return pm
+
+
+def make_machine(
+    arch: str | ArchSpec,
+    *,
+    page_size: int | None = None,
+    emit: Emit | None = None,
+    detail: Emit | None = None,
+    extra_plugins: Sequence[Any] = (),
+) -> Machine:
+    """A modelled kernel for ``arch`` at ``page_size`` (the arch's first
+    supported size by default)."""
+    spec = registry().get(arch) if isinstance(arch, str) else arch
+    size = spec.page_sizes[0] if page_size is None else page_size
+    if size not in spec.page_sizes:
+        sizes = ", ".join(str(s) for s in spec.page_sizes)
+        raise ArchError(f"arch {spec.name!r} supports PAGE_SIZE {sizes}, not {size}")
+    pm = plugin_manager(spec, extra_plugins=extra_plugins)
+    return Machine(arch=spec, geometry=spec.geometry(size), hook=pm.hook, emit=emit, detail=detail)

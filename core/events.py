@@ -1,0 +1,195 @@
+"""Structured events: the model's public output, emitted through structlog.
+
+The engine holds ``emit``, a structlog bound method, or ``None`` when nothing
+listens; every emitting site tests for ``None`` first, so a run with events
+off pays one attribute test per site and builds no dict.
+
+Observers (the invariant checker, test collectors) are structlog processors
+placed before the renderer: they see every event dict in order and pass it
+on unchanged.  Event names and fields are documented in ``docs/events.md``
+and versioned by :data:`EVENTS_VERSION`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, MutableMapping
+from typing import IO, Any, Literal
+
+import structlog
+
+#: Bumped on any change to an event's name or fields.
+EVENTS_VERSION = 1
+
+#: The events the replay contract (replay-v1) fixes.
+CONTRACT_EVENTS = frozenset(
+    {
+        "return",
+        "batch_alloc",
+        "flush_cache_range",
+        "tlb_flush",
+        "mmu_notifier_invalidate",
+        "rmap_remove",
+        "free_pages",
+        "free_page",
+        "ipi_sync",
+        "rcu_queue",
+        "table_free",
+        "warning",
+        "bug",
+    }
+)
+
+#: Events this model adds for readers; emitted only with ``detail=True``
+#: (they cost a dict per page).
+DETAIL_EVENTS = frozenset(
+    {
+        "gather_begin",
+        "gather_end",
+        "page_queued",
+        "batch_next",
+        "rmap_pend",
+        "batch_list_free",
+        "rcu_grace_period",
+    }
+)
+
+#: Events the address-space callers add (mmugather run).
+CALLER_EVENTS = frozenset(
+    {
+        "ptl_lock",
+        "ptl_unlock",
+        "pte_clear",
+        "rmap_remove_now",
+        "swap_free",
+        "vma_unmap",
+        "violation",
+    }
+)
+
+ALL_EVENTS = CONTRACT_EVENTS | DETAIL_EVENTS | CALLER_EVENTS
+
+EventDict = MutableMapping[str, Any]
+Processor = Callable[[Any, str, EventDict], Any]
+Emit = Callable[..., Any]
+
+
+class JsonLinesLogger:
+    """A structlog logger writing rendered bytes, one line each, unflushed.
+
+    structlog's own BytesLogger flushes per line; a replay writes millions of
+    lines, so this one leaves buffering to the file object.
+    """
+
+    __slots__ = ("_write",)
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._write = file.write
+
+    def msg(self, message: bytes) -> None:
+        self._write(message + b"\n")
+
+    info = msg
+
+
+class TextLogger:
+    """A structlog logger writing rendered text lines (the console format)."""
+
+    __slots__ = ("_write",)
+
+    def __init__(self, file: IO[str]) -> None:
+        self._write = file.write
+
+    def msg(self, message: str) -> None:
+        self._write(message + "\n")
+
+    info = msg
+
+
+class NullLogger:
+    """Swallows the rendered event when only observers listen."""
+
+    __slots__ = ()
+
+    def msg(self, message: Any) -> None:
+        return None
+
+    info = msg
+
+
+def _discard(logger: Any, method: str, event_dict: EventDict) -> str:
+    return ""
+
+
+def _json_renderer() -> Processor:
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is a dependency
+        import json
+
+        def dumps(obj: Any, **kw: Any) -> bytes:
+            return json.dumps(obj, separators=(",", ":")).encode()
+
+        return structlog.processors.JSONRenderer(serializer=dumps)
+    return structlog.processors.JSONRenderer(serializer=orjson.dumps)
+
+
+def make_emit(
+    *,
+    observers: list[Processor] | None = None,
+    file: IO[bytes] | IO[str] | None = None,
+    fmt: Literal["json", "console"] = "json",
+) -> Emit | None:
+    """Build the ``emit`` callable for the engine, or ``None`` if nobody listens.
+
+    ``file`` receives JSON Lines (``fmt="json"``, a binary file) or a readable
+    rendering (``fmt="console"``, a text file).  ``observers`` run first, in
+    order, on every event.
+    """
+    observers = list(observers or ())
+    if file is None and not observers:
+        return None
+    processors: list[Processor] = list(observers)
+    logger: Any
+    if file is None:
+        processors.append(_discard)
+        logger = NullLogger()
+    elif fmt == "json":
+        processors.append(_json_renderer())
+        logger = JsonLinesLogger(file)  # type: ignore[arg-type]
+    else:
+        colors = bool(getattr(file, "isatty", lambda: False)())
+        processors.append(
+            structlog.dev.ConsoleRenderer(colors=colors, pad_event_to=24, sort_keys=False)
+        )
+        logger = TextLogger(file)  # type: ignore[arg-type]
+    bound = structlog.wrap_logger(
+        logger,
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+        cache_logger_on_first_use=True,
+    )
+    return bound.info  # type: ignore[no-any-return]
+
+
+class Collector:
+    """An observer that keeps every event dict, in order (for tests and tools)."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, logger: Any, method: str, event_dict: EventDict) -> EventDict:
+        self.events.append(dict(event_dict))
+        return event_dict
+
+    def named(self, *names: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] in names]
+
+    def contract(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] in CONTRACT_EVENTS]
+
+
+def stdout_binary() -> IO[bytes]:
+    return sys.stdout.buffer

@@ -1,0 +1,265 @@
+"""Hook specifications: every point where an architecture's mmu_gather differs.
+
+The engine (:mod:`mmugather.core.gather`) is asm-generic/tlb.h and
+mm/mmu_gather.c with every ``#ifdef`` and every arch override turned into a
+hook.  The generic behaviour is itself a plugin,
+:mod:`mmugather.plugins.generic`, registered ``trylast``; feature plugins
+(what Kconfig ``select``\\ s) and arch plugins override it the way pytest
+plugins override pytest's defaults.
+
+Conventions:
+
+* Hooks marked *firstresult* stop at the first implementation that returns
+  something other than ``None``.  Implementations that act return ``True``;
+  one that wants to fall through to the next returns ``None``.
+* Hooks fire per gather, per flush, per VMA, per page table or per PTE
+  table; never per page or per PTE.  Where the kernel's per-page path
+  differs between arches (queue the page or free it at once), the hook is
+  asked once, when the gather is set up, for the function to use.
+* ``tlb`` is the :class:`~mmugather.core.gather.MmuGather`; plugins read and
+  write its kernel-named fields (``tlb.fullmm``, ``tlb.start``,
+  ``tlb.cleared_ptes`` ...) and call its kernel-named methods.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from mmugather.core.arch import ArchSpec
+    from mmugather.core.gather import MmuGather, PageRemover
+    from mmugather.core.table import MmuTableBatch
+    from mmugather.core.vma import Vma
+
+PROJECT = "mmugather"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def mmugather_add_arches() -> list[ArchSpec]:
+    """Return the arch configurations this plugin provides.
+
+    Called once on the registry's plugin manager, which holds the built-in
+    :mod:`mmugather.arches` and every module found in the ``mmugather.arches``
+    entry-point group.  Results from all plugins are concatenated; a name may
+    be provided once.
+
+    **Overridden by**: every arch package.
+    """
+
+
+# --------------------------------------------------------------------------
+# Gather set-up: asked once per tlb_gather_mmu()
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def tlb_gather_init(tlb: MmuGather) -> None:
+    """Initialise plugin-owned gather state (kernel: ``tlb_table_init()``, the
+    ``page_size = 0`` of MMU_GATHER_PAGE_SIZE).
+
+    Called from ``__tlb_gather_mmu()`` after the generic fields are set and
+    before the range is reset.  Every implementation runs; no result.
+
+    **Overridden by**: MMU_GATHER_TABLE_FREE (``tlb->batch = NULL``),
+    MMU_GATHER_PAGE_SIZE.
+    """
+
+
+@hookspec(firstresult=True)
+def tlb_batch_rmap(tlb: MmuGather) -> bool:
+    """Whether rmap removal is batched in the gather (the seed patch's
+    ``tlb_batch_rmap()``).
+
+    In the kernel this is a compile-time constant, so it is asked once per
+    gather and cached in ``tlb.batch_rmap``; callers read the field.  When it
+    is false the caller removes each rmap itself, at once, and
+    ``tlb_flush_rmaps()``/``tlb_discard_rmaps()`` do nothing.
+
+    *firstresult*.  Generic: ``False``.  **Overridden by**: CONFIG_SMP without
+    MMU_GATHER_NO_GATHER (``True``).
+    """
+
+
+@hookspec(firstresult=True)
+def tlb_page_remover(tlb: MmuGather) -> PageRemover:
+    """Return the function that does ``__tlb_remove_page_size()`` for one page.
+
+    Asked once per gather.  The function takes ``(page, page_size, flags)``
+    and returns the kernel's bool: true when the queue is full and the caller
+    must ``tlb_flush_mmu()`` before queueing more.
+
+    *firstresult*.  Generic: ``tlb.queue_page`` (queue into the batches).
+    **Overridden by**: MMU_GATHER_NO_GATHER (s390: free the page at once).
+    """
+
+
+# --------------------------------------------------------------------------
+# Per flush
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def tlb_flush(tlb: MmuGather) -> bool:
+    """Issue the architecture's TLB invalidate for what the gather recorded.
+
+    Called from ``tlb_flush_mmu_tlbonly()`` when at least one ``cleared_*``
+    bit or ``freed_tables`` is set, before the MMU notifiers are told and the
+    range is reset.  Emit a ``tlb_flush`` event (``tlb.emit_tlb_flush()``)
+    for each invalidate actually issued.
+
+    *firstresult*; return ``True``.  Generic: ``flush_tlb_mm()`` for fullmm or
+    ``need_flush_all``, else ``flush_tlb_range()`` when ``tlb.end`` is not 0.
+    **Overridden by**: s390 (lazy: flush the whole mm only when a page-table
+    free marked it), x86 and arm64 in the examples.
+    """
+
+
+@hookspec(firstresult=True)
+def tlb_change_page_size(tlb: MmuGather, page_size: int) -> bool:
+    """The caller is about to queue pages of ``page_size`` bytes.
+
+    *firstresult*; return ``True``.  Generic: nothing.
+    **Overridden by**: MMU_GATHER_PAGE_SIZE (flush on a change of size,
+    unless fullmm or ``need_flush_all``; remember the size).
+    """
+
+
+# --------------------------------------------------------------------------
+# Rmap removal (per PTE table)
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def tlb_flush_rmaps(tlb: MmuGather, vma: Vma) -> bool:
+    """Remove the rmap of every page queued since the last
+    ``tlb_discard_rmaps()`` or ``tlb_flush_rmaps()``; all of them were mapped
+    by ``vma``.
+
+    Must run after the PTEs are cleared and before the page-table lock that
+    guarded them is dropped.  Emit ``rmap_remove`` per page.
+
+    *firstresult*; return ``True``.  Generic: nothing (the caller removed
+    each rmap itself).  **Overridden by**: CONFIG_SMP batched rmaps (the
+    ``rmap_pend`` pointer walk).
+    """
+
+
+@hookspec(firstresult=True)
+def tlb_discard_rmaps(tlb: MmuGather) -> bool:
+    """Forget pending rmap removals: move the rmap pointer to the end of the
+    queue.  Called by the caller at the start of each PTE table and by the
+    engine whenever the queued pages are freed.
+
+    *firstresult*; return ``True``.  Generic: nothing.  **Overridden by**:
+    CONFIG_SMP batched rmaps.
+    """
+
+
+# --------------------------------------------------------------------------
+# VMA boundaries
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def tlb_start_vma(tlb: MmuGather, vma: Vma) -> bool:
+    """The gather moves on to ``vma``.
+
+    *firstresult*; return ``True``.  Generic: nothing for fullmm; else record
+    ``vma_exec``/``vma_huge``/``vma_pfn`` and ``flush_cache_range()`` over the
+    VMA.  **Overridden by**: MMU_GATHER_NO_FLUSH_CACHE arches (sparc).
+    """
+
+
+@hookspec(firstresult=True)
+def tlb_end_vma(tlb: MmuGather, vma: Vma) -> bool:
+    """The gather leaves ``vma``.
+
+    *firstresult*; return ``True``.  Generic: nothing for fullmm; else
+    ``tlb_flush_mmu_tlbonly()`` so ranges do not grow over the gaps between
+    VMAs.  **Overridden by**: MMU_GATHER_MERGE_VMAS (flush only for a
+    VM_PFNMAP/VM_MIXEDMAP VMA, whose PFNs may have no struct page).
+    """
+
+
+# --------------------------------------------------------------------------
+# Page tables (per table)
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def tlb_free_pgtable(tlb: MmuGather, level: str, table: int, addr: int) -> bool:
+    """``pte_free_tlb()``/``pmd_free_tlb()``/``pud_free_tlb()``/``p4d_free_tlb()``:
+    the table of ``level`` ("pte", "pmd", "pud", "p4d") that mapped ``addr``
+    is unhooked and must be freed once no walker can reach it.
+
+    *firstresult*; return ``True``.  Generic: record the range one level up
+    (``PAGE_SIZE`` wide), set ``freed_tables`` and hand the table to
+    ``tlb_remove_table()``; a folded p4d level frees nothing.
+    **Overridden by**: s390 (its own macros: mark the mm for a flush, a
+    different range bookkeeping).
+    """
+
+
+@hookspec(firstresult=True)
+def tlb_remove_table(tlb: MmuGather, table: int) -> bool:
+    """Queue a page-table page for freeing.
+
+    *firstresult*; return ``True``.  Generic: ``tlb_remove_page()``, the
+    table goes into the page queue.  **Overridden by**: MMU_GATHER_TABLE_FREE
+    (the table batch, with the single-table fallback).
+    """
+
+
+@hookspec(firstresult=True)
+def tlb_table_flush(tlb: MmuGather) -> bool:
+    """Free (or hand to RCU) the table batch; first step of
+    ``tlb_flush_mmu_free()``.
+
+    *firstresult*; return ``True``.  Generic: nothing.
+    **Overridden by**: MMU_GATHER_TABLE_FREE.
+    """
+
+
+@hookspec(firstresult=True)
+def tlb_remove_table_free(tlb: MmuGather, batch: MmuTableBatch) -> bool:
+    """Dispose of a full or flushed table batch.
+
+    *firstresult*; return ``True``.  MMU_GATHER_TABLE_FREE: free the tables
+    now.  **Overridden by**: MMU_GATHER_RCU_TABLE_FREE (``call_rcu()``;
+    the tables are freed after the next grace period).
+    """
+
+
+@hookspec(firstresult=True)
+def tlb_needs_table_invalidate(tlb: MmuGather) -> bool:
+    """Whether freeing page tables implies a TLB invalidate first
+    (``tlb_needs_table_invalidate()``).
+
+    *firstresult*.  MMU_GATHER_RCU_TABLE_FREE: ``True``.  Arches whose
+    hardware does not walk the Linux page tables may say ``False``.
+    """
+
+
+@hookspec(firstresult=True)
+def tlb_remove_table_sync_one(tlb: MmuGather) -> bool:
+    """Make sure no lockless walker still sees a table freed without a
+    batch (the single-table fallback).
+
+    *firstresult*; return ``True``.  MMU_GATHER_RCU_TABLE_FREE: a
+    synchronising IPI to every CPU (``ipi_sync``).  Without RCU table free
+    the TLB flush IPI already did it: nothing.
+    """
+
+
+def hook_names() -> list[str]:
+    """Every hookspec defined here, in file order."""
+    return [name for name, value in globals().items() if hasattr(value, PROJECT + "_spec")]

@@ -1,0 +1,96 @@
+"""The mm_struct state the gather reads and writes, and the machine around it.
+
+``MmStruct`` keeps what outlives one gather: the count of gathers in flight
+(``tlb_flush_pending``) and the arch's private ``context`` (s390's
+"flush the mm" mark).  ``Machine`` holds what is global to the kernel being
+modelled: the arch and its hooks, the page allocator's injected failures, the
+RCU callback queue and the event stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from mmugather.core.constants import Geometry
+from mmugather.core.events import Emit
+
+if TYPE_CHECKING:
+    from mmugather.core.arch import ArchSpec
+
+ALLOC_KINDS = ("page_batch", "table_batch")
+
+
+@attrs.define(slots=True, eq=False)
+class MmStruct:
+    #: inc_tlb_flush_pending()/dec_tlb_flush_pending()
+    tlb_flush_pending: int = 0
+    #: mm->context: arch-private state, keyed by the arch plugin
+    context: dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.define(slots=True, eq=False)
+class Machine:
+    """One modelled kernel: an arch configuration plus global state."""
+
+    arch: ArchSpec
+    geometry: Geometry
+    hook: Any
+    #: contract and caller events, or None when nobody listens
+    emit: Emit | None = None
+    #: the reader's extra events (page queued, pointer moved...), or None
+    detail: Emit | None = None
+    #: GFP_NOWAIT allocations still to fail, per kind
+    alloc_failures: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(ALLOC_KINDS, 0))
+    #: optional deterministic failure source, asked after alloc_failures
+    fail_policy: Callable[[str], bool] | None = None
+    #: call_rcu() callbacks not yet run, in queue order
+    rcu_callbacks: list[Callable[[], None]] = attrs.Factory(list)
+    #: vma_exec/vma_huge/vma_pfn as the last finished gather left them (the
+    #: kernel does not initialise them; see MmuGather._gather_mmu)
+    stale_vma_flags: tuple[bool, bool, bool] = (False, False, False)
+    #: allocations attempted/failed, by kind (for reports)
+    alloc_stats: dict[str, list[int]] = attrs.Factory(
+        lambda: {k: [0, 0] for k in ALLOC_KINDS}
+    )
+
+    def fail_alloc(self, what: str, count: int = 1) -> None:
+        """Make the next ``count`` allocations of ``what`` fail.
+
+        A pending count is not added to: the larger one stays.
+        """
+        if what not in self.alloc_failures:
+            raise ValueError(f"unknown allocation kind {what!r}")
+        if count > self.alloc_failures[what]:
+            self.alloc_failures[what] = count
+
+    def get_free_page(self, what: str) -> bool:
+        """__get_free_page(GFP_NOWAIT | __GFP_NOWARN): may fail, never sleeps."""
+        pending = self.alloc_failures[what]
+        if pending:
+            self.alloc_failures[what] = pending - 1
+            ok = False
+        elif self.fail_policy is not None:
+            ok = not self.fail_policy(what)
+        else:
+            ok = True
+        stats = self.alloc_stats[what]
+        stats[0] += 1
+        if not ok:
+            stats[1] += 1
+        if self.emit is not None:
+            self.emit("batch_alloc", what=what, ok=ok)
+        return ok
+
+    def call_rcu(self, callback: Callable[[], None]) -> None:
+        self.rcu_callbacks.append(callback)
+
+    def rcu_grace_period(self) -> None:
+        """A grace period ends: every callback queued before it runs, in order."""
+        callbacks, self.rcu_callbacks = self.rcu_callbacks, []
+        if self.detail is not None:
+            self.detail("rcu_grace_period", callbacks=len(callbacks))
+        for callback in callbacks:
+            callback()

@@ -1,0 +1,403 @@
+"""Replay format v1: recorded mmu_gather calls in, kernel effects out.
+
+A replay file is JSON Lines, one call per line (``docs/replay.md``, the
+contract).  The whole file is parsed and validated first and compiled to a
+list of tuples; only then does anything run, so bad input writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+import attrs
+
+from mmugather.core.constants import MASK32, MASK64
+from mmugather.core.events import Emit
+from mmugather.core.gather import KernelBug, MmuGather, tlb_gather_mmu, tlb_gather_mmu_fullmm
+from mmugather.core.mm import ALLOC_KINDS, Machine, MmStruct
+from mmugather.core.vma import FLAG_NAMES, Vma
+
+try:
+    import orjson
+
+    _loads: Callable[[bytes], Any] = orjson.loads
+except ImportError:  # pragma: no cover - orjson is a dependency
+    _loads = json.loads
+
+
+class ReplayError(Exception):
+    """Rejected input: ``path:line: reason``."""
+
+    def __init__(self, path: str, line: int | None, reason: str) -> None:
+        self.path = path
+        self.line = line
+        self.reason = reason
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {reason}")
+
+
+# Field kinds.
+ADDR = "address"  # 0..2^64-1, int or "0x..." string
+ID = "id"  # 0..2^64-1
+SIZE = "size"  # 1..2^32-1
+COUNT = "count"  # 0..2^64-1
+BOOL = "bool"
+FLAGS = "flags"
+WHAT = "what"
+
+VMA_FIELDS = {"start": (ADDR, None), "end": (ADDR, None), "flags": (FLAGS, 0)}
+
+#: op -> {field: (kind, default or None when required)}
+OPS: dict[str, dict[str, tuple[str, Any]]] = {
+    "tlb_gather_mmu": {"fullmm": (BOOL, False)},
+    "tlb_finish_mmu": {"nested": (BOOL, False)},
+    "tlb_start_vma": VMA_FIELDS,
+    "tlb_end_vma": VMA_FIELDS,
+    "tlb_remove_tlb_entry": {"addr": (ADDR, None)},
+    "tlb_remove_pmd_tlb_entry": {"addr": (ADDR, None)},
+    "tlb_remove_pud_tlb_entry": {"addr": (ADDR, None)},
+    "tlb_remove_huge_tlb_entry": {"addr": (ADDR, None), "size": (SIZE, None)},
+    "__tlb_remove_page_size": {
+        "page": (ID, None),
+        "size": (SIZE, "PAGE_SIZE"),
+        "delay_rmap": (BOOL, False),
+    },
+    "tlb_remove_page_size": {"page": (ID, None), "size": (SIZE, "PAGE_SIZE")},
+    "tlb_change_page_size": {"size": (SIZE, None)},
+    "tlb_flush_mmu_tlbonly": {},
+    "tlb_flush_mmu": {},
+    "tlb_batch_rmap": {},
+    "tlb_flush_rmaps": VMA_FIELDS,
+    "tlb_discard_rmaps": {},
+    "pte_free_tlb": {"table": (ID, None), "addr": (ADDR, None)},
+    "pmd_free_tlb": {"table": (ID, None), "addr": (ADDR, None)},
+    "pud_free_tlb": {"table": (ID, None), "addr": (ADDR, None)},
+    "p4d_free_tlb": {"table": (ID, None), "addr": (ADDR, None)},
+    "rcu_grace_period": {},
+    "fail_alloc": {"what": (WHAT, None), "count": (COUNT, 1)},
+}
+
+#: Ops allowed outside a gather.
+ANYWHERE = frozenset({"tlb_batch_rmap", "rcu_grace_period", "fail_alloc"})
+
+# Compiled op codes, roughly by frequency (the run loop tests in this order).
+(
+    C_ENTRY,
+    C_QUEUE,
+    C_BATCH_RMAP,
+    C_FLUSH_RMAPS,
+    C_DISCARD,
+    C_CHANGE_SIZE,
+    C_REMOVE_PAGE,
+    C_TLBONLY,
+    C_FLUSH,
+    C_PMD_ENTRY,
+    C_PUD_ENTRY,
+    C_HUGE_ENTRY,
+    C_START_VMA,
+    C_END_VMA,
+    C_FREE_PTE,
+    C_FREE_PMD,
+    C_FREE_PUD,
+    C_FREE_P4D,
+    C_GATHER,
+    C_FINISH,
+    C_RCU,
+    C_FAIL,
+) = range(22)
+
+CODES = {
+    "tlb_remove_tlb_entry": C_ENTRY,
+    "__tlb_remove_page_size": C_QUEUE,
+    "tlb_batch_rmap": C_BATCH_RMAP,
+    "tlb_flush_rmaps": C_FLUSH_RMAPS,
+    "tlb_discard_rmaps": C_DISCARD,
+    "tlb_change_page_size": C_CHANGE_SIZE,
+    "tlb_remove_page_size": C_REMOVE_PAGE,
+    "tlb_flush_mmu_tlbonly": C_TLBONLY,
+    "tlb_flush_mmu": C_FLUSH,
+    "tlb_remove_pmd_tlb_entry": C_PMD_ENTRY,
+    "tlb_remove_pud_tlb_entry": C_PUD_ENTRY,
+    "tlb_remove_huge_tlb_entry": C_HUGE_ENTRY,
+    "tlb_start_vma": C_START_VMA,
+    "tlb_end_vma": C_END_VMA,
+    "pte_free_tlb": C_FREE_PTE,
+    "pmd_free_tlb": C_FREE_PMD,
+    "pud_free_tlb": C_FREE_PUD,
+    "p4d_free_tlb": C_FREE_P4D,
+    "tlb_gather_mmu": C_GATHER,
+    "tlb_finish_mmu": C_FINISH,
+    "rcu_grace_period": C_RCU,
+    "fail_alloc": C_FAIL,
+}
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number with a fraction or exponent"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _integer(field: str, value: Any, lo: int, hi: int, hex_ok: bool) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        want = "a non-negative integer" + (' or a "0x..." string' if hex_ok else "")
+        raise ValueError(f"field {field!r} must be {want}, not {_type_name(value)}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not hex_ok or text[:2].lower() != "0x":
+            raise ValueError(f'field {field!r}: {value!r} is not an integer nor a "0x..." string')
+        try:
+            value = int(text[2:], 16)
+        except ValueError:
+            raise ValueError(f"field {field!r}: {value!r} is not a hexadecimal number") from None
+        if text[2:3] in ("+", "-", "_", ""):
+            raise ValueError(f"field {field!r}: {value!r} is not a hexadecimal number")
+    if not lo <= value <= hi:
+        raise ValueError(f"field {field!r}: {value} is outside {lo}..{hi}")
+    return int(value)
+
+
+def _field(op: str, field: str, kind: str, value: Any) -> Any:
+    if kind in (ADDR, ID):
+        return _integer(field, value, 0, MASK64, True)
+    if kind == SIZE:
+        return _integer(field, value, 1, MASK32, True)
+    if kind == COUNT:
+        return _integer(field, value, 0, MASK64, False)
+    if kind == BOOL:
+        if not isinstance(value, bool):
+            raise ValueError(f"field {field!r} must be true or false, not {_type_name(value)}")
+        return value
+    if kind == FLAGS:
+        if not isinstance(value, list):
+            raise ValueError(f"field {field!r} must be a list of flag names, not {_type_name(value)}")
+        bits = 0
+        for name in value:
+            if not isinstance(name, str) or name not in FLAG_NAMES:
+                raise ValueError(
+                    f"field {field!r}: unknown flag {name!r} (known: {', '.join(FLAG_NAMES)})"
+                )
+            bits |= FLAG_NAMES[name]
+        return bits
+    if kind == WHAT:
+        if value not in ALLOC_KINDS:
+            raise ValueError(
+                f"field {field!r}: unknown allocation kind {value!r} "
+                f"(known: {', '.join(ALLOC_KINDS)})"
+            )
+        return value
+    raise AssertionError(kind)  # pragma: no cover
+
+
+#: A compiled op: (line, code, op name, a, b, c)
+Compiled = tuple[int, int, str, Any, Any, Any]
+
+
+def _compile(op: str, args: dict[str, Any], page_size: int) -> tuple[Any, Any, Any]:
+    code = CODES[op]
+    if code in (C_START_VMA, C_END_VMA, C_FLUSH_RMAPS):
+        return Vma(args["start"], args["end"], args["flags"]), None, None
+    if code == C_QUEUE:
+        return args["page"], args["size"], int(args["delay_rmap"])
+    if code == C_REMOVE_PAGE:
+        return args["page"], args["size"], None
+    if code in (C_ENTRY, C_PMD_ENTRY, C_PUD_ENTRY):
+        return args["addr"], None, None
+    if code == C_HUGE_ENTRY:
+        return args["addr"], args["size"], None
+    if code in (C_FREE_PTE, C_FREE_PMD, C_FREE_PUD, C_FREE_P4D):
+        return args["table"], args["addr"], None
+    if code == C_CHANGE_SIZE:
+        return args["size"], None, None
+    if code == C_GATHER:
+        return args["fullmm"], None, None
+    if code == C_FINISH:
+        return args["nested"], None, None
+    if code == C_FAIL:
+        return args["what"], args["count"], None
+    return None, None, None
+
+
+def parse_line(raw: bytes, lineno: int, path: str, page_size: int) -> Compiled | None:
+    """Validate one line; None for blank and comment lines."""
+    text = raw.strip()
+    if not text or text.startswith(b"#"):
+        return None
+    try:
+        obj = _loads(text)
+    except ValueError:
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise ReplayError(path, lineno, f"not JSON: {exc}") from None
+        except RecursionError:
+            raise ReplayError(path, lineno, "not JSON: nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise ReplayError(path, lineno, f"not a JSON object but {_type_name(obj)}")
+    if "op" not in obj:
+        raise ReplayError(path, lineno, "missing field 'op'")
+    op = obj["op"]
+    if not isinstance(op, str):
+        raise ReplayError(path, lineno, f"field 'op' must be a string, not {_type_name(op)}")
+    spec = OPS.get(op)
+    if spec is None:
+        raise ReplayError(path, lineno, f"unknown op {op!r}")
+    args: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key == "op":
+            continue
+        if key not in spec:
+            known = ", ".join(spec) or "none"
+            raise ReplayError(path, lineno, f"{op}: unknown field {key!r} (fields: {known})")
+        try:
+            args[key] = _field(op, key, spec[key][0], value)
+        except ValueError as exc:
+            raise ReplayError(path, lineno, f"{op}: {exc}") from None
+    for key, (_kind, default) in spec.items():
+        if key not in args:
+            if default is None:
+                raise ReplayError(path, lineno, f"{op}: missing field {key!r}")
+            args[key] = page_size if default == "PAGE_SIZE" else default
+    a, b, c = _compile(op, args, page_size)
+    return (lineno, CODES[op], op, a, b, c)
+
+
+def parse(lines: Iterator[bytes], path: str, page_size: int) -> list[Compiled]:
+    """Validate a whole replay file and compile it; raises ReplayError."""
+    out: list[Compiled] = []
+    gather_line: int | None = None
+    for lineno, raw in enumerate(lines, 1):
+        try:
+            compiled = parse_line(raw, lineno, path, page_size)
+        except UnicodeDecodeError:
+            raise ReplayError(path, lineno, "not UTF-8 text") from None
+        if compiled is None:
+            continue
+        code, op = compiled[1], compiled[2]
+        if code == C_GATHER:
+            if gather_line is not None:
+                raise ReplayError(
+                    path, lineno, f"tlb_gather_mmu inside the gather opened at line {gather_line}"
+                    " (gathers do not nest)"
+                )
+            gather_line = lineno
+        elif code == C_FINISH:
+            if gather_line is None:
+                raise ReplayError(path, lineno, "tlb_finish_mmu outside a gather")
+            gather_line = None
+        elif gather_line is None and op not in ANYWHERE:
+            raise ReplayError(path, lineno, f"{op} outside a gather (no tlb_gather_mmu before it)")
+        out.append(compiled)
+    return out
+
+
+def parse_file(path: str, page_size: int) -> list[Compiled]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ReplayError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    return parse(iter(data.split(b"\n")), path, page_size)
+
+
+@attrs.define(slots=True)
+class ReplayResult:
+    ops: int
+    bug: str | None = None
+    bug_line: int | None = None
+
+
+def run(compiled: list[Compiled], machine: Machine) -> ReplayResult:
+    """Replay compiled ops on ``machine``; stops at a VM_BUG_ON."""
+    mm = MmStruct()
+    emit: Emit | None = machine.emit
+    tlb: MmuGather | None = None
+    done = 0
+    line = 0
+    try:
+        for line, code, op, a, b, c in compiled:
+            if code == C_ENTRY:
+                tlb.tlb_remove_tlb_entry(a)  # type: ignore[union-attr]
+            elif code == C_QUEUE:
+                full = tlb.remove_page(a, b, c)  # type: ignore[union-attr]
+                if emit is not None:
+                    emit("return", op=op, value=full)
+            elif code == C_BATCH_RMAP:
+                # Outside a gather, ask the arch the way a fresh gather would.
+                value = tlb.batch_rmap if tlb is not None else _batch_rmap(machine, mm)
+                if emit is not None:
+                    emit("return", op=op, value=value)
+            elif code == C_FLUSH_RMAPS:
+                tlb.tlb_flush_rmaps(a)  # type: ignore[union-attr]
+            elif code == C_DISCARD:
+                tlb.tlb_discard_rmaps()  # type: ignore[union-attr]
+            elif code == C_CHANGE_SIZE:
+                tlb.tlb_change_page_size(a)  # type: ignore[union-attr]
+            elif code == C_REMOVE_PAGE:
+                tlb.tlb_remove_page_size(a, b)  # type: ignore[union-attr]
+            elif code == C_TLBONLY:
+                tlb.tlb_flush_mmu_tlbonly()  # type: ignore[union-attr]
+            elif code == C_FLUSH:
+                tlb.tlb_flush_mmu()  # type: ignore[union-attr]
+            elif code == C_PMD_ENTRY:
+                tlb.tlb_remove_pmd_tlb_entry(a)  # type: ignore[union-attr]
+            elif code == C_PUD_ENTRY:
+                tlb.tlb_remove_pud_tlb_entry(a)  # type: ignore[union-attr]
+            elif code == C_HUGE_ENTRY:
+                tlb.tlb_remove_huge_tlb_entry(a, b)  # type: ignore[union-attr]
+            elif code == C_START_VMA:
+                tlb.tlb_start_vma(a)  # type: ignore[union-attr]
+            elif code == C_END_VMA:
+                tlb.tlb_end_vma(a)  # type: ignore[union-attr]
+            elif code == C_FREE_PTE:
+                tlb.pte_free_tlb(a, b)  # type: ignore[union-attr]
+            elif code == C_FREE_PMD:
+                tlb.pmd_free_tlb(a, b)  # type: ignore[union-attr]
+            elif code == C_FREE_PUD:
+                tlb.pud_free_tlb(a, b)  # type: ignore[union-attr]
+            elif code == C_FREE_P4D:
+                tlb.p4d_free_tlb(a, b)  # type: ignore[union-attr]
+            elif code == C_GATHER:
+                tlb = tlb_gather_mmu_fullmm(machine, mm) if a else tlb_gather_mmu(machine, mm)
+            elif code == C_FINISH:
+                tlb.tlb_finish_mmu(a)  # type: ignore[union-attr]
+                tlb = None
+            elif code == C_RCU:
+                machine.rcu_grace_period()
+            elif code == C_FAIL:
+                machine.fail_alloc(a, b)
+            done += 1
+    except KernelBug as bug:
+        return ReplayResult(ops=done, bug=bug.what, bug_line=line)
+    return ReplayResult(ops=done)
+
+
+def _batch_rmap(machine: Machine, mm: MmStruct) -> bool:
+    # A throw-away gather: the answer is a property of the configuration.
+    probe = MmuGather(machine, mm)
+    return bool(machine.hook.tlb_batch_rmap(tlb=probe))
+
+
+def replay_file(path: str, machine: Machine) -> ReplayResult:
+    return run(parse_file(path, machine.geometry.page_size), machine)
+
+
+def write_events_to(path: str | None) -> tuple[IO[bytes], bool]:
+    """Open the event output: stdout when path is None or "-"."""
+    import sys
+
+    if path is None or path == "-":
+        return sys.stdout.buffer, False
+    return open(path, "wb", buffering=1 << 20), True

@@ -1,0 +1,5 @@
+import sys
+
+from mmugather.cli import main
+
+sys.exit(main())

@@ -1,0 +1,162 @@
+"""The ``mmugather`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from mmugather import __version__
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _default_arch() -> str:
+    from mmugather.arches import DEFAULT_ARCH
+
+    return os.environ.get("MMUGATHER_ARCH", DEFAULT_ARCH)
+
+
+def _error(message: str) -> int:
+    sys.stderr.write(f"mmugather: {message}\n")
+    return EXIT_USAGE
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from mmugather.core.arch import ArchError, make_machine, registry
+    from mmugather.core.events import make_emit
+    from mmugather.core.replay import ReplayError, parse_file, run
+
+    try:
+        spec = registry().get(args.arch)
+        page_size = args.page_size or spec.page_sizes[0]
+        if page_size not in spec.page_sizes:
+            raise ArchError(f"arch {spec.name!r} does not support --page-size {page_size}")
+        compiled = parse_file(args.file, page_size)
+    except (ArchError, ReplayError) as exc:
+        return _error(str(exc))
+    if args.events in (None, "-"):
+        out = sys.stdout.buffer if args.format == "json" else sys.stdout
+        close = False
+    else:
+        try:
+            out = open(args.events, "wb" if args.format == "json" else "w")
+        except OSError as exc:
+            return _error(f"{args.events}: cannot write: {exc.strerror}")
+        close = True
+    try:
+        emit = make_emit(file=out, fmt=args.format)
+        machine = make_machine(spec, page_size=page_size, emit=emit, detail=emit if args.detail else None)
+        result = run(compiled, machine)
+    finally:
+        out.flush()
+        if close:
+            out.close()
+    if result.bug is not None:
+        sys.stderr.write(f"{args.file}:{result.bug_line}: VM_BUG_ON: {result.bug}\n")
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def cmd_arches(args: argparse.Namespace) -> int:
+    from mmugather.core.arch import ArchError, registry
+
+    try:
+        reg = registry()
+    except ArchError as exc:
+        return _error(str(exc))
+    rows = []
+    for spec in reg:
+        rows.append(
+            (
+                spec.name,
+                ", ".join(spec.resolved_features()) or "-",
+                ", ".join(str(s) for s in spec.page_sizes),
+                spec.origin,
+                spec.description,
+            )
+        )
+    if args.json:
+        import json
+
+        keys = ("name", "features", "page_sizes", "origin", "description")
+        print(json.dumps([dict(zip(keys, r)) for r in rows], indent=2))
+        return EXIT_OK
+    width = max(len(r[0]) for r in rows)
+    for name, feats, sizes, origin, desc in rows:
+        print(f"{name:<{width}}  {desc}")
+        print(f"{'':<{width}}  features:   {feats}")
+        print(f"{'':<{width}}  PAGE_SIZE:  {sizes}")
+        print(f"{'':<{width}}  from:       {origin}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmugather",
+        description="An executable model of the Linux kernel's mmu_gather "
+        "(v6.5 with the generalized rmap-removal patch).",
+    )
+    parser.add_argument("--version", action="version", version=f"mmugather {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    rp = sub.add_parser(
+        "replay",
+        help="replay recorded mmu_gather calls and print the kernel's effects",
+        description="Replay a replay-v1 file (JSON Lines of mmu_gather calls) under an "
+        "arch configuration and write the effect events as JSON Lines. The whole file "
+        "is validated before anything runs. Exit status: 0; 1 when a VM_BUG_ON ended "
+        "the replay; 2 when the input or the options were rejected (nothing written).",
+    )
+    rp.add_argument("file", metavar="FILE", help="the replay file (replay-v1 JSON Lines)")
+    rp.add_argument(
+        "--arch",
+        default=_default_arch(),
+        help="arch configuration (default: $MMUGATHER_ARCH or generic-smp; "
+        "see 'mmugather arches')",
+    )
+    rp.add_argument("--events", metavar="PATH", help="write events here instead of stdout")
+    rp.add_argument(
+        "--page-size",
+        type=int,
+        metavar="N",
+        help="PAGE_SIZE in bytes: 4096, 16384 or 65536 where the arch supports it",
+    )
+    rp.add_argument(
+        "--format",
+        choices=("json", "console"),
+        default="json",
+        help="json: JSON Lines (default); console: a readable rendering",
+    )
+    rp.add_argument(
+        "--detail",
+        action="store_true",
+        help="also emit the reader's events (page queued, new batch, rmap pointer moved)",
+    )
+    rp.set_defaults(func=cmd_replay)
+
+    ap = sub.add_parser(
+        "arches",
+        help="list the arch configurations, their features and where they came from",
+        description="List every arch configuration known: built-in ones and those "
+        "installed through the 'mmugather.arches' entry-point group.",
+    )
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.set_defaults(func=cmd_arches)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # A closed pipe (| head) is not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
