@@ -17,7 +17,6 @@ from typing import Any
 
 import attrs
 import pluggy
-
 from mmugather.core import hookspecs
 from mmugather.core.constants import PAGE_SIZES, Geometry
 from mmugather.core.events import Emit
@@ -86,7 +85,8 @@ class ArchRegistry:
         self._specs: dict[str, ArchSpec] = {}
         for impl in pm.hook.mmugather_add_arches.get_hookimpls():
             where = origins.get(impl.plugin_name, "built-in")
-            for spec in impl.function() or ():
+            provided: list[Any] = impl.function() or []  # type: ignore[operator,assignment]
+            for spec in provided:
                 if not isinstance(spec, ArchSpec):
                     raise ArchError(f"{impl.plugin_name}: mmugather_add_arches returned {spec!r}")
                 if spec.name in self._specs:

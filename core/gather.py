@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-
 from mmugather.core.batch import MmuGatherBatch
 from mmugather.core.constants import FREE_CHUNK, MASK32, MASK64, MMU_GATHER_BUNDLE, Geometry
 from mmugather.core.events import Emit
@@ -226,7 +225,7 @@ class MmuGather:
     def levels(self) -> list[str]:
         """The cleared levels, as the ``levels`` event field lists them."""
         bits = (self.cleared_ptes, self.cleared_pmds, self.cleared_puds, self.cleared_p4ds)
-        return [name for name, bit in zip(LEVELS, bits) if bit]
+        return [name for name, bit in zip(LEVELS, bits, strict=False) if bit]
 
     def tlb_get_unmap_shift(self) -> int:
         """The smallest entry size cleared, as a shift (x86's flush stride)."""
@@ -339,10 +338,7 @@ class MmuGather:
         batch.nr = nr = nr + 1
         if self.detail is not None:
             self.detail("page_queued", page=page, batch=batch.index, nr=nr)
-        if nr == batch.max:
-            if not self.tlb_next_batch():
-                return True
-        return False
+        return bool(nr == batch.max and not self.tlb_next_batch())
 
     def tlb_next_batch(self) -> bool:
         """Move on to the next batch page, allocating one if allowed and possible."""

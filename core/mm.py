@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
-
 from mmugather.core.constants import Geometry
 from mmugather.core.events import Emit
 

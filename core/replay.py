@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import attrs
-
 from mmugather.core.constants import MASK32, MASK64
 from mmugather.core.events import Emit
 from mmugather.core.gather import KernelBug, MmuGather, tlb_gather_mmu, tlb_gather_mmu_fullmm
@@ -182,7 +181,9 @@ def _field(op: str, field: str, kind: str, value: Any) -> Any:
         return value
     if kind == FLAGS:
         if not isinstance(value, list):
-            raise ValueError(f"field {field!r} must be a list of flag names, not {_type_name(value)}")
+            raise ValueError(
+                f"field {field!r} must be a list of flag names, not {_type_name(value)}"
+            )
         bits = 0
         for name in value:
             if not isinstance(name, str) or name not in FLAG_NAMES:
@@ -327,7 +328,7 @@ def run(compiled: list[Compiled], machine: Machine) -> ReplayResult:
     done = 0
     line = 0
     try:
-        for line, code, op, a, b, c in compiled:
+        for line, code, op, a, b, c in compiled:  # noqa: B007 - line is read on a bug
             if code == C_ENTRY:
                 tlb.tlb_remove_tlb_entry(a)  # type: ignore[union-attr]
             elif code == C_QUEUE:

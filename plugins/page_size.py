@@ -18,9 +18,9 @@ def tlb_gather_init(tlb: MmuGather) -> None:
 
 @hookimpl
 def tlb_change_page_size(tlb: MmuGather, page_size: int) -> bool:
-    if tlb.page_size and tlb.page_size != page_size:
-        # A fullmm or flush-everything gather flushes all sizes anyway.
-        if not tlb.fullmm and not tlb.need_flush_all:
-            tlb.tlb_flush_mmu()
+    # A fullmm or flush-everything gather flushes all sizes anyway.
+    changed = tlb.page_size and tlb.page_size != page_size
+    if changed and not tlb.fullmm and not tlb.need_flush_all:
+        tlb.tlb_flush_mmu()
     tlb.page_size = page_size
     return True

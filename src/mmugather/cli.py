@@ -41,13 +41,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         close = False
     else:
         try:
-            out = open(args.events, "wb" if args.format == "json" else "w")
+            out = open(args.events, "wb" if args.format == "json" else "w")  # noqa: SIM115
         except OSError as exc:
             return _error(f"{args.events}: cannot write: {exc.strerror}")
         close = True
     try:
         emit = make_emit(file=out, fmt=args.format)
-        machine = make_machine(spec, page_size=page_size, emit=emit, detail=emit if args.detail else None)
+        detail = emit if args.detail else None
+        machine = make_machine(spec, page_size=page_size, emit=emit, detail=detail)
         result = run(compiled, machine)
     finally:
         out.flush()
@@ -81,7 +82,7 @@ def cmd_arches(args: argparse.Namespace) -> int:
         import json
 
         keys = ("name", "features", "page_sizes", "origin", "description")
-        print(json.dumps([dict(zip(keys, r)) for r in rows], indent=2))
+        print(json.dumps([dict(zip(keys, r, strict=False)) for r in rows], indent=2))
         return EXIT_OK
     width = max(len(r[0]) for r in rows)
     for name, feats, sizes, origin, desc in rows:
