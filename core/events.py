@@ -40,34 +40,30 @@ CONTRACT_EVENTS = frozenset(
     }
 )
 
-#: Events this model adds for readers; emitted only with ``detail=True``
-#: (they cost a dict per page).
-DETAIL_EVENTS = frozenset(
-    {
-        "gather_begin",
-        "gather_end",
-        "page_queued",
-        "batch_next",
-        "rmap_pend",
-        "batch_list_free",
-        "rcu_grace_period",
-    }
-)
+#: Events the model adds whenever events are on: one per gather or grace
+#: period, so they cost nothing that matters.
+MODEL_EVENTS = frozenset({"gather_begin", "gather_end", "rcu_grace_period"})
 
-#: Events the address-space callers add (mmugather run).
+#: Events for readers of the queue; emitted only with ``detail`` on (they
+#: cost a dict per page).
+DETAIL_EVENTS = frozenset({"page_queued", "batch_next", "rmap_pend", "batch_list_free"})
+
+#: Events the address-space callers add (``mmugather run``).
 CALLER_EVENTS = frozenset(
     {
+        "vma_unmap",
         "ptl_lock",
         "ptl_unlock",
         "pte_clear",
         "rmap_remove_now",
         "swap_free",
-        "vma_unmap",
+        "table_unhook",
+        "folio_free",
         "violation",
     }
 )
 
-ALL_EVENTS = CONTRACT_EVENTS | DETAIL_EVENTS | CALLER_EVENTS
+ALL_EVENTS = CONTRACT_EVENTS | MODEL_EVENTS | DETAIL_EVENTS | CALLER_EVENTS
 
 EventDict = MutableMapping[str, Any]
 Processor = Callable[[Any, str, EventDict], Any]

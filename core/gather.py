@@ -26,7 +26,7 @@ import attrs
 from mmugather.core.batch import MmuGatherBatch
 from mmugather.core.constants import FREE_CHUNK, MASK32, MASK64, MMU_GATHER_BUNDLE, Geometry
 from mmugather.core.events import Emit
-from mmugather.core.mm import Machine, MmStruct
+from mmugather.core.mm import Machine, MmModel, MmStruct
 from mmugather.core.table import MmuTableBatch
 from mmugather.core.vma import Vma
 
@@ -97,6 +97,8 @@ class MmuGather:
     hook: Any = attrs.field(init=False)
     emit: Emit | None = attrs.field(init=False)
     detail: Emit | None = attrs.field(init=False)
+    #: the address-space model behind the pages, when callers model one
+    model: MmModel | None = attrs.field(init=False)
     _remove: PageRemover = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -105,6 +107,7 @@ class MmuGather:
         self.hook = machine.hook
         self.emit = machine.emit
         self.detail = machine.detail
+        self.model = machine.model
         self.local = MmuGatherBatch(max=MMU_GATHER_BUNDLE)
         self.active = self.rmap_pend = self.local
 
@@ -130,8 +133,8 @@ class MmuGather:
         self.hook.tlb_gather_init(tlb=self)
         self.__tlb_reset_range()
         self.mm.tlb_flush_pending += 1
-        if self.detail is not None:
-            self.detail("gather_begin", fullmm=self.fullmm)
+        if self.emit is not None:
+            self.emit("gather_begin", fullmm=self.fullmm)
 
     def tlb_finish_mmu(self, nested: bool = False) -> None:
         """Final flush, free what is queued, drop the batch pages.
@@ -151,8 +154,8 @@ class MmuGather:
         self.mm.tlb_flush_pending -= 1
         self.finished = True
         self.machine.stale_vma_flags = (self.vma_exec, self.vma_huge, self.vma_pfn)
-        if self.detail is not None:
-            self.detail("gather_end", nested=nested)
+        if self.emit is not None:
+            self.emit("gather_end", nested=nested)
 
     # ------------------------------------------------------------------
     # The range to invalidate
@@ -403,11 +406,15 @@ class MmuGather:
     def free_pages_and_swap_cache(self, pages: list[int]) -> None:
         if self.emit is not None:
             self.emit("free_pages", pages=pages)
+        if self.model is not None:
+            self.model.release_pages(pages)
 
     def free_page_and_swap_cache(self, page: int) -> None:
         """One page freed at once, no gathering (MMU_GATHER_NO_GATHER)."""
         if self.emit is not None:
             self.emit("free_page", page=page)
+        if self.model is not None:
+            self.model.release_pages((page,))
 
     def tlb_batch_list_free(self) -> None:
         """Give the batch pages back to the page allocator."""
@@ -430,6 +437,8 @@ class MmuGather:
         """The gather removes ``page``'s rmap (called from tlb_flush_rmaps())."""
         if self.emit is not None:
             self.emit("rmap_remove", page=page)
+        if self.model is not None:
+            self.model.gather_remove_rmap(page, vma)
 
     # ------------------------------------------------------------------
     # Page tables
@@ -454,6 +463,8 @@ class MmuGather:
         """__tlb_remove_table() on each table of a batch (or a single one)."""
         if self.emit is not None:
             self.emit("table_free", tables=tables)
+        if self.model is not None:
+            self.model.free_tables(tables)
 
     # ------------------------------------------------------------------
     # Kernel assertions

@@ -9,17 +9,35 @@ RCU callback queue and the event stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 from mmugather.core.constants import Geometry
 from mmugather.core.events import Emit
+from mmugather.core.vma import Vma
 
 if TYPE_CHECKING:
     from mmugather.core.arch import ArchSpec
 
 ALLOC_KINDS = ("page_batch", "table_batch")
+
+
+class MmModel(Protocol):
+    """What the gather tells an address-space model (``mmugather run``).
+
+    The replay has no model; the callers of :mod:`mmugather.core.callers`
+    do, and keep page, folio and table state in step with the gather here.
+    """
+
+    def gather_remove_rmap(self, page: int, vma: Vma) -> None:
+        """tlb_flush_rmaps() removed ``page``'s rmap for ``vma``."""
+
+    def release_pages(self, pages: Sequence[int]) -> None:
+        """Queued pages (or one page at once) were freed."""
+
+    def free_tables(self, tables: Sequence[int]) -> None:
+        """Page-table pages were freed (table batch, RCU or single)."""
 
 
 @attrs.define(slots=True, eq=False)
@@ -41,6 +59,8 @@ class Machine:
     emit: Emit | None = None
     #: the reader's extra events (page queued, pointer moved...), or None
     detail: Emit | None = None
+    #: the address-space model the gather keeps in step, if any
+    model: MmModel | None = None
     #: GFP_NOWAIT allocations still to fail, per kind
     alloc_failures: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(ALLOC_KINDS, 0))
     #: optional deterministic failure source, asked after alloc_failures
@@ -89,7 +109,7 @@ class Machine:
     def rcu_grace_period(self) -> None:
         """A grace period ends: every callback queued before it runs, in order."""
         callbacks, self.rcu_callbacks = self.rcu_callbacks, []
-        if self.detail is not None:
-            self.detail("rcu_grace_period", callbacks=len(callbacks))
+        if self.emit is not None:
+            self.emit("rcu_grace_period", callbacks=len(callbacks))
         for callback in callbacks:
             callback()
