@@ -181,11 +181,11 @@ class AddressSpace:
 
     @property
     def ptrs_per_pte(self) -> int:
-        return self.geometry.pmd_size // self.geometry.page_size
+        return self.geometry.ptrs_per_pte
 
     @property
     def pgdir_shift(self) -> int:
-        return self.geometry.p4d_shift + (self.geometry.page_shift - 3)
+        return self.geometry.pgdir_shift
 
     def new_table(self, level: str, addr: int) -> int:
         tid = self.next_table_id

@@ -38,6 +38,7 @@ class Geometry:
     pmd_shift: int = 0
     pud_shift: int = 0
     p4d_shift: int = 0
+    pgdir_shift: int = 0
     task_size: int = 0x7FFFFFFFF000
     table_batch_header: int = 24
 
@@ -51,6 +52,8 @@ class Geometry:
             object.__setattr__(self, "pud_shift", self.pmd_shift + bits)
         if not self.p4d_shift:
             object.__setattr__(self, "p4d_shift", self.pud_shift + bits)
+        if not self.pgdir_shift:
+            object.__setattr__(self, "pgdir_shift", self.p4d_shift + bits)
 
     @property
     def page_shift(self) -> int:
@@ -67,6 +70,14 @@ class Geometry:
     @property
     def p4d_size(self) -> int:
         return 1 << self.p4d_shift
+
+    @property
+    def pgdir_size(self) -> int:
+        return 1 << self.pgdir_shift
+
+    @property
+    def ptrs_per_pte(self) -> int:
+        return self.pmd_size // self.page_size
 
     @property
     def max_gather_batch(self) -> int:

@@ -60,6 +60,72 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import json
+
+    from mmugather.core import mutants
+    from mmugather.core.arch import ArchError, registry
+    from mmugather.core.run import Progress, format_table, run_arch
+    from mmugather.core.scenario import ScenarioError, resolve
+
+    try:
+        reg = registry()
+        names = args.arch or ([] if args.all_arches else None)
+        specs = [reg.get(n) for n in names] if names else list(reg)
+        if args.mutant:
+            mutants.get(args.mutant)
+        page_size = args.page_size or 4096
+        for spec in specs:
+            if args.page_size and args.page_size not in spec.page_sizes:
+                raise ArchError(f"arch {spec.name!r} does not support --page-size {args.page_size}")
+        scenario = resolve(args.scenario, page_size)
+    except (ArchError, ScenarioError, ValueError) as exc:
+        return _error(str(exc))
+    out = None
+    if args.events:
+        try:
+            out = open(args.events, "wb")  # noqa: SIM115
+        except OSError as exc:
+            return _error(f"{args.events}: cannot write: {exc.strerror}")
+    runs = []
+    try:
+        for spec in specs:
+            progress = Progress(scenario.mapped_pages(), spec.name)
+            try:
+                runs.append(
+                    run_arch(
+                        scenario, spec, page_size=args.page_size, check=not args.no_check,
+                        mutant=args.mutant, events=out, progress=progress,
+                    )
+                )
+            finally:
+                progress.close()
+    finally:
+        if out is not None:
+            out.close()
+    failed = any(r.violation_counts for r in runs)
+    if args.json:
+        print(json.dumps({"scenario": scenario.name, "runs": [r.as_json() for r in runs]},
+                         indent=2))
+        return EXIT_FAIL if failed else EXIT_OK
+    print(f"scenario: {scenario.name}" + (f"   mutant: {args.mutant}" if args.mutant else ""))
+    print(format_table(runs))
+    for r in runs:
+        if r.violation_counts:
+            print(f"\n{r.arch}: {sum(r.violation_counts.values())} violations "
+                  f"({', '.join(f'{k}: {v}' for k, v in sorted(r.violation_counts.items()))})")
+            for v in r.violations[: args.show]:
+                print(v.render())
+            if len(r.violations) > args.show:
+                print(f"  ... {len(r.violations) - args.show} more reports (--show N, --json)")
+        elif args.mutant and not r.mutant_applies:
+            print(f"\n{r.arch}: the mutant's ordering is not wrong on this arch: "
+                  "no violation expected")
+    if not failed and not args.mutant:
+        print("\nno invariant violations")
+    return EXIT_FAIL if failed else EXIT_OK
+
+
 def cmd_arches(args: argparse.Namespace) -> int:
     from mmugather.core.arch import ArchError, registry
 
@@ -90,6 +156,25 @@ def cmd_arches(args: argparse.Namespace) -> int:
         print(f"{'':<{width}}  features:   {feats}")
         print(f"{'':<{width}}  PAGE_SIZE:  {sizes}")
         print(f"{'':<{width}}  from:       {origin}")
+    return EXIT_OK
+
+
+def cmd_mutants(args: argparse.Namespace) -> int:
+    from mmugather.core.check import RULES
+    from mmugather.core.mutants import MUTANTS
+
+    for m in MUTANTS.values():
+        print(f"{m.name}\n    {m.description}\n    caught by: {m.rule} ({RULES[m.rule]})")
+    return EXIT_OK
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from mmugather.core.scenario import builtin_names, load_builtin
+
+    for name in builtin_names():
+        sc = load_builtin(name)
+        print(f"{name}  ({sc.mapped_pages():,} mapped pages, {len(sc.vmas)} VMAs)")
+        print(f"    {sc.description}")
     return EXIT_OK
 
 
@@ -136,6 +221,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="also emit the reader's events (page queued, new batch, rmap pointer moved)",
     )
     rp.set_defaults(func=cmd_replay)
+
+    run = sub.add_parser(
+        "run",
+        help="tear down a scenario's address space on each arch, check the ordering rules",
+        description="Run a scenario (a built-in name or a TOML file, see docs/scenarios.md) "
+        "through the kernel's callers (exit_mmap, munmap, madvise) on one or more arch "
+        "configurations, with the invariant checker watching. Prints a side-by-side table "
+        "of what each arch did. Exit status: 0; 1 when an invariant was violated; 2 when "
+        "the scenario or the options were rejected.",
+    )
+    run.add_argument(
+        "scenario", nargs="?", default="default", metavar="SCENARIO",
+        help="a built-in scenario name or a TOML file (default: the built-in 'default')",
+    )
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--arch", action="append", metavar="NAME",
+                       help="an arch to run on (repeatable; default: every arch)")
+    group.add_argument("--all-arches", action="store_true", help="every arch (the default)")
+    run.add_argument("--events", metavar="PATH", help="write every event as JSON Lines here")
+    run.add_argument("--mutant", metavar="NAME",
+                     help="run with a deliberately broken behaviour (see 'mmugather mutants')")
+    run.add_argument("--page-size", type=int, metavar="N", help="PAGE_SIZE (default 4096)")
+    run.add_argument("--no-check", action="store_true", help="turn the invariant checker off")
+    run.add_argument("--json", action="store_true", help="machine-readable output")
+    run.add_argument("--show", type=int, default=3, metavar="N",
+                     help="violation reports to print per arch (default 3)")
+    run.set_defaults(func=cmd_run)
+
+    mt = sub.add_parser("mutants", help="list the mutants the checker must catch")
+    mt.set_defaults(func=cmd_mutants)
+
+    sc = sub.add_parser("scenarios", help="list the built-in scenarios")
+    sc.set_defaults(func=cmd_scenarios)
 
     ap = sub.add_parser(
         "arches",

@@ -1,0 +1,403 @@
+"""The invariant checker: watches the event stream and reports broken ordering.
+
+It is an event observer (a structlog processor), so it sees exactly what a
+reader of the event log sees, in order.  Rules that need to know which page a
+PTE mapped use the callers' events (``pte_clear``, ``ptl_lock``,
+``table_unhook``...); on a replay, where those do not exist, the rules that
+need no address-space model still run (``mmugather replay --check``).
+
+Every rule has a name (:data:`RULES`); a violation carries the rule, a
+message, and the trail of events that led to it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from mmugather.core.aspace import TABLE_ID_BASE
+from mmugather.core.arch import ArchSpec
+
+RULES: dict[str, str] = {
+    "free-before-flush": "no page is freed before a TLB flush covered every PTE that mapped it",
+    "dirty-rmap-before-flush": "no rmap is removed from a dirty file page before that flush",
+    "rmap-outside-ptl": "tlb_flush_rmaps() removes each rmap before the lock that guarded "
+    "the cleared PTE is dropped",
+    "rmap-wrong-vma": "the pages between tlb_discard_rmaps() and tlb_flush_rmaps() were all "
+    "mapped by the VMA passed",
+    "rmap-not-pending": "tlb_flush_rmaps() removes rmaps only from pages whose PTE was cleared "
+    "with rmap removal batched (not a page-table page, not a THP whose compound rmap is gone)",
+    "rmap-dropped": "no queued page is freed while its rmap removal is still pending",
+    "rmap-once": "every cleared mapping has its rmap removed exactly once",
+    "table-free-walkers": "no page-table page is freed while a lockless walker may still reach "
+    "it (after a TLB flush; after an RCU grace period or a synchronising IPI where the arch "
+    "frees tables through RCU)",
+    "free-once": "every page handed to the gather is freed exactly once",
+    "flush-covers": "every TLB flush covers every entry cleared since the last one",
+    "pending-after-finish": "nothing is pending after tlb_finish_mmu()",
+    "mapcount": "no mapcount falls below zero",
+    "refcount": "no reference count falls below zero",
+}
+
+TRAIL = 12
+
+
+@attrs.define(slots=True)
+class Violation:
+    rule: str
+    message: str
+    seq: int
+    trail: list[dict[str, Any]]
+
+    def render(self) -> str:
+        lines = [f"[{self.rule}] {self.message}", f"  rule: {RULES.get(self.rule, '')}",
+                 f"  after event #{self.seq}; the events that led to it:"]
+        for ev in self.trail:
+            fields = " ".join(f"{k}={_short(v)}" for k, v in ev.items() if k not in ("event", "#"))
+            lines.append(f"    #{ev.get('#', '?'):<7} {ev['event']:<24} {fields}")
+        return "\n".join(lines)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, int) and not isinstance(v, bool) and v > 4096:
+        return hex(v)
+    if isinstance(v, list) and len(v) > 6:
+        return "[" + ", ".join(_short(x) for x in v[:6]) + f", ... {len(v)} in all]"
+    if isinstance(v, list):
+        return "[" + ", ".join(_short(x) for x in v) + "]"
+    return str(v)
+
+
+class Checker:
+    """Observer of one machine's events.  ``violations`` collects what broke."""
+
+    def __init__(self, arch: ArchSpec, page_size: int = 4096, *, max_reports: int = 50) -> None:
+        feats = set(arch.resolved_features())
+        self.page_size = page_size
+        #: pages wait in a queue for the flush (not s390)
+        self.gathering = "MMU_GATHER_NO_GATHER" not in feats
+        #: rmap removal can be batched (SMP and gathering)
+        self.batch_rmap = self.gathering and "SMP" in feats
+        #: tables are freed through RCU (or a synchronising IPI)
+        self.rcu_tables = "MMU_GATHER_RCU_TABLE_FREE" in feats
+        self.violations: list[Violation] = []
+        self.counts: dict[str, int] = {}
+        self.max_reports = max_reports
+        #: set by the owner: emits a ``violation`` event into the stream
+        self.emit: Callable[..., Any] | None = None
+        self.seq = 0
+        self.recent: deque[dict[str, Any]] = deque(maxlen=TRAIL)
+        # state
+        self.in_gather = False
+        self.ptl: int | None = None
+        self.ptl_vma: int = -1
+        self.last_removed: tuple[int, int] = (-1, -1)
+        self.uncovered: dict[int, tuple[int | None, int]] = {}  # addr -> (page, size)
+        self.uncovered_pages: dict[int, int] = {}
+        self.dirty_uncovered: set[int] = set()
+        self.pending_rmap: dict[int, tuple[int | None, int]] = {}  # page -> (ptl, vma_start)
+        self.pending_extra: dict[int, int] = {}
+        self.owed_rmap: dict[int, int] = {}
+        self.handed: dict[int, int] = {}
+        self.tables: dict[int, str] = {}  # table -> unhooked|flushed|rcu|rcu-done|ipi
+        self.table_level: dict[int, str] = {}
+        self.cleared_since_flush = False
+        self.queued_need_flush: dict[int, int] = {}  # replay mode: page -> queued count
+        self.saw_callers = False
+        self._dispatch: dict[str, Callable[[dict[str, Any]], None]] = {
+            "pte_clear": self._pte_clear,
+            "rmap_remove": self._rmap_remove,
+            "rmap_remove_now": self._rmap_remove_now,
+            "free_pages": self._free_pages,
+            "free_page": self._free_page,
+            "tlb_flush": self._tlb_flush,
+            "ptl_lock": self._ptl_lock,
+            "ptl_unlock": self._ptl_unlock,
+            "table_unhook": self._table_unhook,
+            "rcu_queue": self._rcu_queue,
+            "rcu_grace_period": self._rcu_grace_period,
+            "ipi_sync": self._ipi_sync,
+            "table_free": self._table_free,
+            "gather_begin": self._gather_begin,
+            "gather_end": self._gather_end,
+        }
+
+    # structlog processor signature
+    def __call__(self, logger: Any, method: str, event_dict: Any) -> Any:
+        self.seq += 1
+        name = event_dict["event"]
+        if name == "violation":
+            return event_dict
+        record = dict(event_dict)
+        record["#"] = self.seq
+        self.recent.append(record)
+        handler = self._dispatch.get(name)
+        if handler is not None:
+            handler(event_dict)
+        return event_dict
+
+    # ------------------------------------------------------------------
+
+    def violate(self, rule: str, message: str) -> None:
+        self.counts[rule] = self.counts.get(rule, 0) + 1
+        if len(self.violations) < self.max_reports:
+            v = Violation(rule, message, self.seq, list(self.recent))
+            self.violations.append(v)
+        if self.emit is not None:
+            self.emit("violation", rule=rule, message=message)
+
+    def report(self, rule: str, message: str) -> None:
+        """Model-side findings (mapcount, refcount) from the callers."""
+        self.violate(rule, message)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    # --- handlers -----------------------------------------------------
+
+    def _gather_begin(self, ev: dict[str, Any]) -> None:
+        self.in_gather = True
+
+    def _ptl_lock(self, ev: dict[str, Any]) -> None:
+        self.saw_callers = True
+        self.ptl = ev["table"]
+        self.ptl_vma = ev.get("vma_start", -1)
+
+    def _ptl_unlock(self, ev: dict[str, Any]) -> None:
+        table = ev["table"]
+        if self.batch_rmap:
+            for page, (ptl, _vma) in self.pending_rmap.items():
+                if ptl == table:
+                    self.violate(
+                        "rmap-outside-ptl",
+                        f"the lock of table {table:#x} is dropped while page {page:#x}, whose "
+                        "PTE it guarded, still waits for tlb_flush_rmaps()",
+                    )
+                    break
+        self.ptl = None
+
+    def _pte_clear(self, ev: dict[str, Any]) -> None:
+        self.saw_callers = True
+        page = ev["page"]
+        level = ev["level"]
+        addr = ev["addr"]
+        if self.gathering:
+            # s390 invalidates as it clears: only gathering arches wait.
+            self.uncovered[addr] = (page, ev.get("size", self.page_size))
+            if page is not None:
+                self.uncovered_pages[page] = self.uncovered_pages.get(page, 0) + 1
+                if ev.get("dirty_file") and level == "pte":
+                    self.dirty_uncovered.add(page)
+        if page is None:
+            return
+        self.handed[page] = self.handed.get(page, 0) + 1
+        self.owed_rmap[page] = self.owed_rmap.get(page, 0) + 1
+        if ev.get("rmap") == "batched":
+            if page in self.pending_rmap:
+                # The same page mapped twice in one table (two VMAs of one file).
+                self.pending_extra[page] = self.pending_extra.get(page, 0) + 1
+            else:
+                self.pending_rmap[page] = (self.ptl, self.ptl_vma)
+
+    def _remove_rmap(self, page: int) -> None:
+        owed = self.owed_rmap.get(page, 0)
+        if owed <= 0:
+            self.violate("rmap-once", f"page {page:#x}: rmap removed more often than it was mapped")
+            return
+        if owed == 1:
+            del self.owed_rmap[page]
+        else:
+            self.owed_rmap[page] = owed - 1
+        if page in self.dirty_uncovered and self.batch_rmap:
+            self.violate(
+                "dirty-rmap-before-flush",
+                f"dirty file page {page:#x} loses its rmap before the TLB flush: writeback "
+                "could clean it while another CPU still writes through a stale entry",
+            )
+            self.dirty_uncovered.discard(page)
+
+    def _rmap_remove(self, ev: dict[str, Any]) -> None:
+        page = ev["page"]
+        if not self.saw_callers:
+            return
+        extra = self.pending_extra.get(page)
+        if extra:
+            self.pending_extra[page] = extra - 1
+            pending = self.pending_rmap.get(page)
+        else:
+            pending = self.pending_rmap.pop(page, None)
+        if pending is None:
+            what = "a page-table page" if page >= TABLE_ID_BASE else "a page"
+            self.violate(
+                "rmap-not-pending",
+                f"tlb_flush_rmaps() removes the rmap of {what} {page:#x} that no PTE cleared "
+                "since the last discard mapped with a pending removal",
+            )
+            return
+        ptl, vma_start = pending
+        if ptl is not None and self.ptl != ptl:
+            self.violate(
+                "rmap-outside-ptl",
+                f"page {page:#x}: rmap removed without holding the lock of table {ptl:#x} "
+                "that guarded its PTE",
+            )
+        self.last_removed = (page, vma_start)
+        self._remove_rmap(page)
+
+    def rmap_vma(self, page: int, vma_start: int) -> None:
+        """The model tells which VMA tlb_flush_rmaps() was given for ``page``."""
+        last_page, mapped_by = self.last_removed
+        if last_page == page and mapped_by not in (-1, vma_start):
+            self.violate(
+                "rmap-wrong-vma",
+                f"page {page:#x} was mapped by the VMA at {mapped_by:#x}, but "
+                f"tlb_flush_rmaps() was given the VMA at {vma_start:#x}",
+            )
+
+    def _rmap_remove_now(self, ev: dict[str, Any]) -> None:
+        self._remove_rmap(ev["page"])
+
+    def _freed(self, page: int) -> None:
+        if page >= TABLE_ID_BASE and self.saw_callers:
+            self._table_freed(page)
+            return
+        if not self.saw_callers:
+            return
+        if self.uncovered_pages.get(page):
+            self.violate(
+                "free-before-flush",
+                f"page {page:#x} is freed while a TLB entry mapping it may still be live "
+                "(no flush covered its cleared PTE)",
+            )
+        if page in self.pending_rmap:
+            del self.pending_rmap[page]
+            self.violate(
+                "rmap-dropped",
+                f"page {page:#x} is freed with its rmap removal still pending: the flush "
+                "between tlb_discard_rmaps() and tlb_flush_rmaps() dropped it",
+            )
+        left = self.handed.get(page, 0)
+        if left <= 0:
+            self.violate("free-once", f"page {page:#x} is freed more often than it was queued")
+        elif left == 1:
+            del self.handed[page]
+        else:
+            self.handed[page] = left - 1
+
+    def _free_pages(self, ev: dict[str, Any]) -> None:
+        for page in ev["pages"]:
+            self._freed(page)
+
+    def _free_page(self, ev: dict[str, Any]) -> None:
+        self._freed(ev["page"])
+
+    def _tlb_flush(self, ev: dict[str, Any]) -> None:
+        if ev["scope"] == "range":
+            start, end = ev["start"], ev["end"]
+            missed = [a for a, (_p, size) in self.uncovered.items()
+                      if not (start <= a and a + size <= end)]
+            if missed:
+                self.violate(
+                    "flush-covers",
+                    f"the flush of [{start:#x}, {end:#x}) misses cleared entries at "
+                    + ", ".join(hex(a) for a in missed[:4]),
+                )
+        self.uncovered.clear()
+        self.uncovered_pages.clear()
+        self.dirty_uncovered.clear()
+        for table, state in self.tables.items():
+            if state == "unhooked":
+                self.tables[table] = "flushed"
+
+    def _table_unhook(self, ev: dict[str, Any]) -> None:
+        self.saw_callers = True
+        self.tables[ev["table"]] = "unhooked"
+        self.table_level[ev["table"]] = ev.get("level", "")
+
+    def _rcu_queue(self, ev: dict[str, Any]) -> None:
+        for table in ev["tables"]:
+            state = self.tables.get(table)
+            if state == "unhooked":
+                self.violate(
+                    "table-free-walkers",
+                    f"table {table:#x} is handed to RCU before the TLB flush that drops "
+                    "hardware walkers' cached copies of it",
+                )
+            if state is not None:
+                self.tables[table] = "rcu"
+
+    def _rcu_grace_period(self, ev: dict[str, Any]) -> None:
+        for table, state in self.tables.items():
+            if state == "rcu":
+                self.tables[table] = "rcu-done"
+
+    def _ipi_sync(self, ev: dict[str, Any]) -> None:
+        for table, state in self.tables.items():
+            if state == "flushed":
+                self.tables[table] = "ipi"
+
+    def _table_free(self, ev: dict[str, Any]) -> None:
+        for table in ev["tables"]:
+            self._table_freed(table)
+
+    def _table_freed(self, table: int) -> None:
+        state = self.tables.pop(table, None)
+        if state is None:
+            if self.saw_callers:
+                self.violate("free-once", f"table {table:#x} is freed but was never unhooked")
+            return
+        ok = state in ("rcu-done", "ipi") if self.rcu_tables else state != "unhooked"
+        if not ok:
+            need = (
+                "an RCU grace period (or a synchronising IPI)"
+                if self.rcu_tables
+                else "a TLB flush, whose IPI waits for lockless walkers"
+            )
+            self.violate(
+                "table-free-walkers",
+                f"{self.table_level.get(table, 'page')} table {table:#x} is freed while "
+                f"{state}, before {need}",
+            )
+
+    def _gather_end(self, ev: dict[str, Any]) -> None:
+        self.in_gather = False
+        if not self.saw_callers:
+            return
+        problems = []
+        if self.uncovered:
+            problems.append(f"{len(self.uncovered)} cleared entries never flushed")
+        if self.pending_rmap:
+            problems.append(f"{len(self.pending_rmap)} rmap removals still pending")
+        if self.owed_rmap:
+            page = next(iter(self.owed_rmap))
+            problems.append(f"{len(self.owed_rmap)} pages never lost their rmap (first "
+                            f"{page:#x})")
+        if self.handed:
+            page = next(iter(self.handed))
+            problems.append(f"{len(self.handed)} queued pages never freed (first {page:#x})")
+        if problems:
+            self.violate("pending-after-finish", "after tlb_finish_mmu(): " + "; ".join(problems))
+        self.uncovered.clear()
+        self.uncovered_pages.clear()
+        self.pending_rmap.clear()
+        self.owed_rmap.clear()
+        self.handed.clear()
+
+    def finish(self) -> None:
+        """End of a run: every unhooked table must have been freed by now."""
+        if self.tables and self.saw_callers:
+            table, state = next(iter(self.tables.items()))
+            self.violate(
+                "pending-after-finish",
+                f"{len(self.tables)} page-table pages never freed (first {table:#x}, {state})",
+            )
+            self.tables.clear()
+
+    def summary(self) -> str:
+        if not self.counts:
+            return "no violations"
+        return ", ".join(f"{rule}: {n}" for rule, n in sorted(self.counts.items()))

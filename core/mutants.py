@@ -1,0 +1,111 @@
+"""Mutants: deliberately broken behaviours that prove the checker can fail.
+
+Each is selectable by name (``mmugather run --mutant NAME``).  Engine-level
+mutants are plugins registered after the arch's own, so they override it;
+caller-level ones change what :class:`~mmugather.core.callers.Teardown` does.
+``applies`` says on which arches the broken ordering is actually wrong: on
+``up`` removing a dirty page's rmap before the flush is what the kernel does,
+and rightly so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import attrs
+
+from mmugather.core.arch import ArchSpec
+from mmugather.core.gather import MmuGather, PageRemover
+from mmugather.core.hookspecs import hookimpl
+
+
+def _gathering(spec: ArchSpec) -> bool:
+    return "MMU_GATHER_NO_GATHER" not in spec.resolved_features()
+
+
+def _batching(spec: ArchSpec) -> bool:
+    return _gathering(spec) and "SMP" in spec.resolved_features()
+
+
+def _always(spec: ArchSpec) -> bool:
+    return True
+
+
+@hookimpl(tryfirst=True)
+def _free_at_once(tlb: MmuGather) -> PageRemover:
+    free = tlb.free_page_and_swap_cache
+
+    def free_now(page: int, page_size: int, flags: int) -> bool:
+        free(page)
+        return False
+
+    return free_now
+
+
+@hookimpl(tryfirst=True)
+def _free_table_at_once(tlb: MmuGather, table: int) -> bool:
+    tlb.tlb_remove_table_free_now([table])
+    return True
+
+
+@attrs.frozen
+class Mutant:
+    name: str
+    description: str
+    #: what the checker should report
+    rule: str
+    applies: Callable[[ArchSpec], bool]
+    plugin: Any = None
+    caller: str = ""
+
+
+MUTANTS: dict[str, Mutant] = {
+    m.name: m
+    for m in (
+        Mutant(
+            "rmap-before-flush",
+            "remove each rmap at once, dirty file pages included, and do not force the "
+            "flush: the ordering commit 5df397dec7c4 fixed",
+            "dirty-rmap-before-flush",
+            _batching,
+            caller="rmap-before-flush",
+        ),
+        Mutant(
+            "free-before-flush",
+            "free each page as it is handed to the gather, before any TLB flush",
+            "free-before-flush",
+            _gathering,
+            plugin=SimpleNamespace(tlb_page_remover=_free_at_once),
+        ),
+        Mutant(
+            "flush-rmaps-after-unlock",
+            "call tlb_flush_rmaps() after the page-table lock is dropped",
+            "rmap-outside-ptl",
+            _batching,
+            caller="flush-rmaps-after-unlock",
+        ),
+        Mutant(
+            "no-discard-rmaps",
+            "leave out tlb_discard_rmaps() at the start of each PTE table",
+            "rmap-not-pending",
+            _batching,
+            caller="no-discard-rmaps",
+        ),
+        Mutant(
+            "direct-table-free",
+            "free page-table pages at once instead of after the flush (and RCU)",
+            "table-free-walkers",
+            _always,
+            plugin=SimpleNamespace(tlb_remove_table=_free_table_at_once),
+        ),
+    )
+}
+
+
+def get(name: str) -> Mutant:
+    try:
+        return MUTANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown mutant {name!r} (known: {', '.join(MUTANTS)})") from None

@@ -1,0 +1,158 @@
+"""``mmugather run``: a scenario's operations on one or more arches.
+
+For each arch: build the scenario's address space with the arch's geometry,
+wire the observers (run statistics, the invariant checker, an event log) into
+one event stream, run the operations through the callers, end with an RCU
+grace period, and report.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+import attrs
+
+from mmugather.core import mutants as mutants_mod
+from mmugather.core.arch import ArchSpec, make_machine
+from mmugather.core.callers import Teardown, run_ops
+from mmugather.core.check import Checker, Violation
+from mmugather.core.events import Processor, make_emit
+from mmugather.core.scenario import Scenario, build
+from mmugather.core.stats import ROWS, RunStats
+
+
+@attrs.define
+class ArchRun:
+    arch: str
+    stats: dict[str, int]
+    violations: list[Violation]
+    violation_counts: dict[str, int]
+    seconds: float
+    mapped_ptes: int
+    mutant: str | None = None
+    mutant_applies: bool = True
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "mutant": self.mutant,
+            "mutant_applies": self.mutant_applies,
+            "seconds": round(self.seconds, 4),
+            "stats": self.stats,
+            "violations": self.violation_counts,
+            "reports": [
+                {"rule": v.rule, "message": v.message, "seq": v.seq, "trail": v.trail}
+                for v in self.violations
+            ],
+        }
+
+
+def run_arch(
+    scenario: Scenario,
+    spec: ArchSpec,
+    *,
+    page_size: int | None = None,
+    check: bool = True,
+    mutant: str | None = None,
+    events: IO[Any] | None = None,
+    fmt: str = "json",
+    detail: bool = False,
+    extra_plugins: Sequence[Any] = (),
+    extra_observers: Sequence[Processor] = (),
+    progress: Callable[[int], None] | None = None,
+    stats: bool = True,
+) -> ArchRun:
+    """Run ``scenario`` on one arch and return what happened."""
+    size = page_size or spec.page_sizes[0]
+    m = mutants_mod.get(mutant) if mutant else None
+    plugins = list(extra_plugins)
+    if m is not None and m.plugin is not None:
+        plugins.append(m.plugin)
+    run_stats = RunStats() if stats else None
+    checker = Checker(spec, size) if check else None
+    observers: list[Processor] = []
+    if run_stats is not None:
+        observers.append(run_stats)
+    if checker is not None:
+        observers.append(checker)
+    observers.extend(extra_observers)
+    emit = make_emit(observers=observers, file=events, fmt=fmt)  # type: ignore[arg-type]
+    if checker is not None:
+        checker.emit = emit
+    machine = make_machine(
+        spec, page_size=size, emit=emit, detail=emit if detail else None, extra_plugins=plugins
+    )
+    aspace = build(scenario, machine.geometry)
+    mapped = aspace.mapped_ptes()
+    teardown = Teardown(
+        aspace,
+        machine,
+        mutants=[m.caller] if m is not None and m.caller else [],
+        report=checker.report if checker is not None else None,
+        rmap_observer=checker.rmap_vma if checker is not None else None,
+    )
+    teardown.progress = progress
+    t0 = time.perf_counter()
+    run_ops(teardown, scenario.ops)
+    seconds = time.perf_counter() - t0
+    if checker is not None:
+        checker.finish()
+    return ArchRun(
+        arch=spec.name,
+        stats=run_stats.as_dict() if run_stats is not None else {},
+        violations=checker.violations if checker is not None else [],
+        violation_counts=dict(checker.counts) if checker is not None else {},
+        seconds=seconds,
+        mapped_ptes=mapped,
+        mutant=mutant,
+        mutant_applies=m.applies(spec) if m is not None else True,
+    )
+
+
+def format_table(runs: Sequence[ArchRun]) -> str:
+    """The side-by-side table: one row per counter, one column per arch."""
+    labels = [label for _, label in ROWS]
+    width = max(len(x) for x in labels)
+    cols = [r.arch for r in runs]
+    colw = [max(len(c), 12) for c in cols]
+    out = [f"{'':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, colw))]
+    for key, label in ROWS:
+        cells = []
+        for r, w in zip(runs, colw):
+            value = r.stats.get(key, 0)
+            cells.append(f"{value:>{w},}")
+        out.append(f"{label:<{width}}  " + "  ".join(cells))
+    return "\n".join(out)
+
+
+class Progress:
+    """A one-line progress bar on stderr, for runs long enough to need one."""
+
+    def __init__(self, total: int, label: str, stream: IO[str] | None = None) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.last = -1.0
+        self.enabled = self.stream.isatty() and total >= 200_000
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        frac = min(1.0, self.done / self.total)
+        bar = "#" * int(frac * 30)
+        self.stream.write(f"\r{self.label:<16} [{bar:<30}] {frac * 100:5.1f}%")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * 60 + "\r")
+            self.stream.flush()

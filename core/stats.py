@@ -1,0 +1,157 @@
+"""Run statistics, counted from the event stream.
+
+The same observer serves ``mmugather run`` (live) and ``mmugather analyze``
+(over a JSON Lines log), so the two always agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmugather.core.aspace import TABLE_ID_BASE
+
+#: (key, label) in the order the run table prints them.
+ROWS: list[tuple[str, str]] = [
+    ("ptes_zapped", "PTEs zapped"),
+    ("pmds_zapped", "huge PMDs zapped"),
+    ("huge_zapped", "hugetlb entries zapped"),
+    ("swap_freed", "swap entries freed"),
+    ("gathers", "gathers"),
+    ("tlb_flush_range", "TLB flushes: range"),
+    ("tlb_flush_mm", "TLB flushes: whole mm"),
+    ("tlb_flush_bytes", "bytes covered by range flushes"),
+    ("mmu_notifier", "MMU notifier invalidates"),
+    ("batch_pages", "batch pages allocated"),
+    ("batch_alloc_failed", "batch allocations failed"),
+    ("rmap_now", "rmaps removed at once"),
+    ("rmap_batched", "rmaps removed by tlb_flush_rmaps"),
+    ("rmap_walked", "queue entries walked by tlb_flush_rmaps"),
+    ("rmap_flushes", "tlb_flush_rmaps calls that walked"),
+    ("pages_freed", "pages freed"),
+    ("free_calls", "page frees (calls)"),
+    ("folios_freed", "folios freed"),
+    ("deferred_split", "folios queued for deferred split"),
+    ("tables_page_batch", "page tables freed: as pages"),
+    ("tables_rcu", "page tables freed: after RCU"),
+    ("tables_ipi", "page tables freed: IPI, then at once"),
+    ("tables_direct", "page tables freed: at once"),
+    ("violations", "invariant violations"),
+]
+
+
+class RunStats:
+    """Counts what ``ROWS`` lists; an event observer (structlog processor)."""
+
+    def __init__(self) -> None:
+        self.c: dict[str, int] = dict.fromkeys((k for k, _ in ROWS), 0)
+        self._rcu_tables: set[int] = set()
+        self._after_ipi = False
+        self._dispatch = {
+            "pte_clear": self._pte_clear,
+            "swap_free": self._swap_free,
+            "gather_begin": self._gather,
+            "tlb_flush": self._tlb_flush,
+            "mmu_notifier_invalidate": self._notifier,
+            "batch_alloc": self._batch_alloc,
+            "rmap_remove": self._rmap_remove,
+            "rmap_remove_now": self._rmap_now,
+            "rmap_walk": self._rmap_walk,
+            "free_pages": self._free_pages,
+            "free_page": self._free_page,
+            "folio_free": self._folio_free,
+            "deferred_split": self._deferred,
+            "rcu_queue": self._rcu_queue,
+            "ipi_sync": self._ipi,
+            "table_free": self._table_free,
+            "violation": self._violation,
+        }
+
+    def __call__(self, logger: Any, method: str, event_dict: Any) -> Any:
+        handler = self._dispatch.get(event_dict["event"])
+        if handler is not None:
+            handler(event_dict)
+        return event_dict
+
+    def feed(self, event_dict: dict[str, Any]) -> None:
+        self(None, "info", event_dict)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.c)
+
+    def _pte_clear(self, ev: dict[str, Any]) -> None:
+        level = ev["level"]
+        key = "ptes_zapped" if level == "pte" else "pmds_zapped" if level == "pmd" else "huge_zapped"
+        self.c[key] += 1
+
+    def _swap_free(self, ev: dict[str, Any]) -> None:
+        self.c["swap_freed"] += 1
+
+    def _gather(self, ev: dict[str, Any]) -> None:
+        self.c["gathers"] += 1
+
+    def _tlb_flush(self, ev: dict[str, Any]) -> None:
+        if ev["scope"] == "range":
+            self.c["tlb_flush_range"] += 1
+            self.c["tlb_flush_bytes"] += max(0, int(ev["end"]) - int(ev["start"]))
+        else:
+            self.c["tlb_flush_mm"] += 1
+
+    def _notifier(self, ev: dict[str, Any]) -> None:
+        self.c["mmu_notifier"] += 1
+
+    def _batch_alloc(self, ev: dict[str, Any]) -> None:
+        if ev["what"] == "page_batch":
+            if ev["ok"]:
+                self.c["batch_pages"] += 1
+            else:
+                self.c["batch_alloc_failed"] += 1
+        elif not ev["ok"]:
+            self.c["batch_alloc_failed"] += 1
+
+    def _rmap_remove(self, ev: dict[str, Any]) -> None:
+        self.c["rmap_batched"] += 1
+
+    def _rmap_now(self, ev: dict[str, Any]) -> None:
+        self.c["rmap_now"] += 1
+
+    def _rmap_walk(self, ev: dict[str, Any]) -> None:
+        self.c["rmap_walked"] += ev["walked"]
+        if ev["walked"]:
+            self.c["rmap_flushes"] += 1
+
+    def _free_pages(self, ev: dict[str, Any]) -> None:
+        pages = ev["pages"]
+        tables = sum(1 for p in pages if p >= TABLE_ID_BASE)
+        self.c["pages_freed"] += len(pages) - tables
+        self.c["tables_page_batch"] += tables
+        self.c["free_calls"] += 1
+
+    def _free_page(self, ev: dict[str, Any]) -> None:
+        self.c["pages_freed"] += 1
+        self.c["free_calls"] += 1
+
+    def _folio_free(self, ev: dict[str, Any]) -> None:
+        self.c["folios_freed"] += 1
+
+    def _deferred(self, ev: dict[str, Any]) -> None:
+        self.c["deferred_split"] += 1
+
+    def _rcu_queue(self, ev: dict[str, Any]) -> None:
+        self._rcu_tables.update(ev["tables"])
+
+    def _ipi(self, ev: dict[str, Any]) -> None:
+        self._after_ipi = True
+
+    def _table_free(self, ev: dict[str, Any]) -> None:
+        for table in ev["tables"]:
+            if table in self._rcu_tables:
+                self._rcu_tables.discard(table)
+                self.c["tables_rcu"] += 1
+            elif self._after_ipi:
+                self.c["tables_ipi"] += 1
+            else:
+                self.c["tables_direct"] += 1
+        self._after_ipi = False
+
+    def _violation(self, ev: dict[str, Any]) -> None:
+        self.c["violations"] += 1
