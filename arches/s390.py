@@ -6,8 +6,9 @@ by one by the caller.  Page tables still need care: freeing one marks the mm
 (``context.flush_mm``), and ``tlb_flush()`` is lazy, flushing the whole mm
 only when that mark is set.  Tables go through the RCU table batch.
 
-The geometry is s390's 5-level layout: 1 MiB segments (PMD), 2 GiB region-3
-entries (PUD), 4 TiB region-2 entries (P4D); no level is folded.
+The geometry is s390's 5-level layout: 256-entry page tables under 1 MiB
+segments (PMD), 2 GiB region-3 entries (PUD), 4 TiB region-2 entries (P4D),
+8 PiB region-1 entries (PGD); no level is folded.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def geometry(page_size: int) -> Geometry:
         pmd_shift=20,
         pud_shift=31,
         p4d_shift=42,
+        pgdir_shift=53,
         task_size=(1 << 64) - page_size,
     )
 

@@ -42,7 +42,8 @@ def tlb_flush_rmaps(tlb: MmuGather, vma: Vma) -> bool:
         if nxt is None or not nxt.nr:
             break
         batch, first = nxt, 0
-    tlb.plugin_state["rmap_walked"] = tlb.plugin_state.get("rmap_walked", 0) + walked
+    if tlb.emit is not None:
+        tlb.emit("rmap_walk", walked=walked, removed=walked)
     tlb_discard_rmaps(tlb)
     return True
 
