@@ -23,7 +23,6 @@ from __future__ import annotations
 from array import array
 
 import attrs
-
 from mmugather.core.constants import Geometry
 from mmugather.core.vma import VM_EXEC, VM_HUGETLB, VM_PFNMAP, Vma
 

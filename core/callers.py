@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-
 from mmugather.core.aspace import (
     F_ANON,
     F_DEFERRED_SPLIT,
@@ -29,13 +28,10 @@ from mmugather.core.aspace import (
     PTE_DIRTY,
     PTE_PRESENT,
     PTE_SPECIAL,
-    SWP_HWPOISON,
     SWP_KIND,
     SWP_MARKER,
-    SWP_MIGRATION,
     SWP_SWAP,
     TABLE_ID_BASE,
-    ZERO_PFN,
     AddressSpace,
     MmVma,
     PteTable,
@@ -97,29 +93,49 @@ class Teardown:
         #: counters the events cannot give cheaply
         self.rss_freed = 0
         self.deposited_freed = 0
+        #: folios whose last reference went, not yet reported
+        self.folios_freed: list[int] = []
 
     # ------------------------------------------------------------------
     # MmModel: what the gather tells us
     # ------------------------------------------------------------------
 
-    def gather_remove_rmap(self, page: int, vma: Vma) -> None:
-        if self.rmap_observer is not None:
-            self.rmap_observer(page, vma.start)
-        self.page_remove_rmap(page, compound=False)
+    def gather_remove_rmaps(self, pages: Sequence[int], vma: Vma) -> None:
+        observer = self.rmap_observer
+        remove = self.page_remove_rmap
+        start = vma.start
+        for page in pages:
+            if observer is not None:
+                observer(page, start)
+            remove(page, False)
 
     def release_pages(self, pages: Sequence[int]) -> None:
         """free_pages_and_swap_cache(): drop swap cache of unmapped folios,
         then one reference per entry (release_pages())."""
         aspace = self.aspace
         store = aspace.pages
+        head_of = store.head
+        refcount = store.refcount
+        flags = store.flags
         for pfn in pages:
             if pfn >= TABLE_ID_BASE:
                 # A page-table page queued as an ordinary page (generic arches).
                 aspace.tables.pop(pfn, None)
                 continue
-            if pfn == ZERO_PFN:
+            head = head_of[pfn - PFN_BASE]
+            # Fast path: no swap cache to drop and not the last reference.
+            if not flags[head] & F_SWAPCACHE and refcount[head] > 1:
+                refcount[head] -= 1
                 continue
-            self.put_page(store.head[pfn - PFN_BASE])
+            self.put_page(head)
+        self.flush_folio_frees()
+
+    def flush_folio_frees(self) -> None:
+        """One ``folio_free`` event per release, listing the folios it freed."""
+        if self.folios_freed:
+            if self.emit is not None:
+                self.emit("folio_free", folios=self.folios_freed)
+            self.folios_freed = []
 
     def free_tables(self, tables: Sequence[int]) -> None:
         for table in tables:
@@ -140,26 +156,26 @@ class Teardown:
             return
         nr = 0
         nr_pmdmapped = 0
-        folio_pages = 1 << store.order[head]
         if not compound:
             left = store.mapcount[idx] - 1
             store.mapcount[idx] = left
             if left < 0 and self.report is not None:
                 self.report("mapcount", f"page {pfn:#x}: mapcount fell below zero")
-            if left == 0:
-                nr = 1
-                if folio_pages > 1:
-                    store.nr_mapped[head] -= 1
-                    # Pages of a PMD-mapped folio stay accounted as mapped.
-                    nr = 1 if store.entire_mapcount[head] == 0 else 0
+            if left != 0 or not store.order[head]:
+                return
+            # The last PTE of a page of a large folio.
+            store.nr_mapped[head] -= 1
+            # Pages of a PMD-mapped folio stay accounted as mapped.
+            nr = 1 if store.entire_mapcount[head] == 0 else 0
         else:
             left = store.entire_mapcount[head] - 1
             store.entire_mapcount[head] = left
             if left < 0 and self.report is not None:
                 self.report("mapcount", f"folio {pfn:#x}: entire mapcount fell below zero")
             if left == 0:
-                nr_pmdmapped = folio_pages
+                nr_pmdmapped = 1 << store.order[head]
                 nr = nr_pmdmapped - store.nr_mapped[head]
+        folio_pages = 1 << store.order[head]
         if nr and flags & F_ANON and folio_pages >= self.geo.ptrs_per_pte:
             # An anon PMD-sized folio left partly mapped is queued for a
             # deferred split (spuriously so when a zap is about to unmap the
@@ -194,8 +210,7 @@ class Teardown:
         store.refcount[head] = ref
         if ref == 0:
             store.flags[head] |= F_FREED
-            if self.emit is not None:
-                self.emit("folio_free", folio=PFN_BASE + head, order=store.order[head])
+            self.folios_freed.append(PFN_BASE + head)
         elif ref < 0 and self.report is not None:
             self.report("refcount", f"folio {PFN_BASE + head:#x}: reference count below zero")
 
@@ -238,18 +253,27 @@ class Teardown:
         store = self.aspace.pages
         head_of = store.head
         folio_flags = store.flags
-        remove_tlb_entry = tlb.tlb_remove_tlb_entry
         remove_page = tlb.remove_page
         rmap_before_flush = "rmap-before-flush" in self.mutants
         batch_rmap = tlb.batch_rmap and not rmap_before_flush
         anon_vma = vma.is_anon
         force_flush = False
+        # tlb_remove_tlb_entry() per cleared PTE only grows [start, end); the
+        # gather reads the range only when a page is queued (end must not be
+        # 0) or at a flush, so record the first clear at once and the rest of
+        # the run [first, last] once, before the flush below.
+        first = -1
+        last = 0
+        freed = 0
         while True:
             ent = entries[i]
             if ent:
                 if ent & PTE_PRESENT:
                     entries[i] = 0
-                    remove_tlb_entry(addr)
+                    if first < 0:
+                        first = addr
+                        tlb.tlb_remove_tlb_entry(addr)
+                    last = addr
                     if ent & PTE_SPECIAL:
                         # vm_normal_page() is NULL: no struct page to give back.
                         if emit is not None:
@@ -280,7 +304,7 @@ class Teardown:
                             if emit is not None:
                                 emit("rmap_remove_now", page=pfn)
                             self.page_remove_rmap(pfn, False)
-                        self.rss_freed += 1
+                        freed += 1
                         if remove_page(pfn, page_size, 0):
                             force_flush = True
                             addr += page_size
@@ -307,15 +331,16 @@ class Teardown:
                             if addr == end:
                                 break
                             continue
-                    elif kind in (SWP_MIGRATION, SWP_HWPOISON):
-                        # The page is unmapped already (its reference went
-                        # with the migration); only the entry goes.
-                        pass
+                    # Migration and hwpoison entries: the page is not ours
+                    # any more; only the entry goes.
                     entries[i] = 0
             i += 1
             addr += page_size
             if addr == end:
                 break
+        if last > first >= 0:
+            tlb.tlb_flush_pte_range(first, last - first + page_size)
+        self.rss_freed += freed
         # Do the TLB flush before dropping the lock.
         if force_flush:
             tlb.tlb_flush_mmu_tlbonly()

@@ -17,9 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-
-from mmugather.core.aspace import TABLE_ID_BASE
 from mmugather.core.arch import ArchSpec
+from mmugather.core.aspace import TABLE_ID_BASE
 
 RULES: dict[str, str] = {
     "free-before-flush": "no page is freed before a TLB flush covered every PTE that mapped it",
@@ -55,10 +54,27 @@ class Violation:
     def render(self) -> str:
         lines = [f"[{self.rule}] {self.message}", f"  rule: {RULES.get(self.rule, '')}",
                  f"  after event #{self.seq}; the events that led to it:"]
-        for ev in self.trail:
-            fields = " ".join(f"{k}={_short(v)}" for k, v in ev.items() if k not in ("event", "#"))
-            lines.append(f"    #{ev.get('#', '?'):<7} {ev['event']:<24} {fields}")
+        trail = self.trail
+        k = 0
+        while k < len(trail):
+            ev = trail[k]
+            run = k
+            # Collapse a run of the same event (a table's worth of pte_clear).
+            while run + 1 < len(trail) and trail[run + 1]["event"] == ev["event"] \
+                    and trail[run + 1].get("#", 0) == trail[run].get("#", 0) + 1:
+                run += 1
+            lines.append(_line(ev))
+            if run - k >= 2:
+                lines.append(f"    {'':<8} ... {run - k - 1} more {ev['event']} ...")
+            if run > k:
+                lines.append(_line(trail[run]))
+            k = run + 1
         return "\n".join(lines)
+
+
+def _line(ev: dict[str, Any]) -> str:
+    fields = " ".join(f"{k}={_short(v)}" for k, v in ev.items() if k not in ("event", "#"))
+    return f"    #{ev.get('#', '?'):<7} {ev['event']:<24} {fields}"
 
 
 def _short(v: Any) -> str:
@@ -89,19 +105,24 @@ class Checker:
         #: set by the owner: emits a ``violation`` event into the stream
         self.emit: Callable[..., Any] | None = None
         self.seq = 0
-        self.recent: deque[dict[str, Any]] = deque(maxlen=TRAIL)
+        self.recent: deque[tuple[int, dict[str, Any]]] = deque(maxlen=TRAIL)
         # state
         self.in_gather = False
         self.ptl: int | None = None
         self.ptl_vma: int = -1
-        self.last_removed: tuple[int, int] = (-1, -1)
-        self.uncovered: dict[int, tuple[int | None, int]] = {}  # addr -> (page, size)
-        self.uncovered_pages: dict[int, int] = {}
+        #: page -> start of the VMA whose PTE mapped it, between the
+        #: rmap_remove event and the model's word on the VMA passed
+        self.removed_vma: dict[int, int] = {}
+        #: cleared entries no TLB flush covered yet: addr -> page (or None)
+        self.uncovered: dict[int, int | None] = {}
+        #: sizes of uncovered entries that are not one page (PMD, hugetlb)
+        self.uncovered_size: dict[int, int] = {}
         self.dirty_uncovered: set[int] = set()
+        #: pages in the gather's hands: page -> [handed, rmaps owed,
+        #: uncovered clears, seq of its clear, the clear event]
+        self.inflight: dict[int, list[Any]] = {}
         self.pending_rmap: dict[int, tuple[int | None, int]] = {}  # page -> (ptl, vma_start)
         self.pending_extra: dict[int, int] = {}
-        self.owed_rmap: dict[int, int] = {}
-        self.handed: dict[int, int] = {}
         self.tables: dict[int, str] = {}  # table -> unhooked|flushed|rcu|rcu-done|ipi
         self.table_level: dict[int, str] = {}
         self.cleared_since_flush = False
@@ -127,24 +148,25 @@ class Checker:
 
     # structlog processor signature
     def __call__(self, logger: Any, method: str, event_dict: Any) -> Any:
-        self.seq += 1
-        name = event_dict["event"]
-        if name == "violation":
-            return event_dict
-        record = dict(event_dict)
-        record["#"] = self.seq
-        self.recent.append(record)
-        handler = self._dispatch.get(name)
+        self.seq = seq = self.seq + 1
+        # Keep a reference, not a copy: every emit builds a fresh dict.
+        self.recent.append((seq, event_dict))
+        handler = self._dispatch.get(event_dict["event"])
         if handler is not None:
             handler(event_dict)
         return event_dict
 
     # ------------------------------------------------------------------
 
-    def violate(self, rule: str, message: str) -> None:
+    def violate(self, rule: str, message: str, page: int | None = None) -> None:
         self.counts[rule] = self.counts.get(rule, 0) + 1
         if len(self.violations) < self.max_reports:
-            v = Violation(rule, message, self.seq, list(self.recent))
+            recent = [(n, ev) for n, ev in self.recent if ev["event"] != "violation"]
+            seen = {n for n, _ev in recent}
+            rec = self.inflight.get(page) if page is not None else None
+            history = [(rec[3], rec[4])] if rec is not None and rec[3] not in seen else []
+            trail = [{**ev, "#": n} for n, ev in history + recent]
+            v = Violation(rule, message, self.seq, trail)
             self.violations.append(v)
         if self.emit is not None:
             self.emit("violation", rule=rule, message=message)
@@ -183,20 +205,29 @@ class Checker:
     def _pte_clear(self, ev: dict[str, Any]) -> None:
         self.saw_callers = True
         page = ev["page"]
-        level = ev["level"]
-        addr = ev["addr"]
-        if self.gathering:
+        gathering = self.gathering
+        if gathering:
             # s390 invalidates as it clears: only gathering arches wait.
-            self.uncovered[addr] = (page, ev.get("size", self.page_size))
-            if page is not None:
-                self.uncovered_pages[page] = self.uncovered_pages.get(page, 0) + 1
-                if ev.get("dirty_file") and level == "pte":
-                    self.dirty_uncovered.add(page)
+            addr = ev["addr"]
+            self.uncovered[addr] = page
+            if ev["level"] != "pte":
+                self.uncovered_size[addr] = ev["size"]
         if page is None:
             return
-        self.handed[page] = self.handed.get(page, 0) + 1
-        self.owed_rmap[page] = self.owed_rmap.get(page, 0) + 1
-        if ev.get("rmap") == "batched":
+        rec = self.inflight.get(page)
+        if rec is None:
+            self.inflight[page] = [1, 1, 1 if gathering else 0, self.seq, ev]
+        else:
+            rec[0] += 1
+            rec[1] += 1
+            if gathering:
+                rec[2] += 1
+            rec[3] = self.seq
+            rec[4] = ev
+        rmap = ev.get("rmap")
+        if gathering and ev.get("dirty_file") and ev["level"] == "pte":
+            self.dirty_uncovered.add(page)
+        if rmap == "batched":
             if page in self.pending_rmap:
                 # The same page mapped twice in one table (two VMAs of one file).
                 self.pending_extra[page] = self.pending_extra.get(page, 0) + 1
@@ -204,19 +235,20 @@ class Checker:
                 self.pending_rmap[page] = (self.ptl, self.ptl_vma)
 
     def _remove_rmap(self, page: int) -> None:
-        owed = self.owed_rmap.get(page, 0)
-        if owed <= 0:
-            self.violate("rmap-once", f"page {page:#x}: rmap removed more often than it was mapped")
+        rec = self.inflight.get(page)
+        if rec is None or rec[1] <= 0:
+            self.violate("rmap-once", f"page {page:#x}: rmap removed more often than it was mapped",
+                         page)
             return
-        if owed == 1:
-            del self.owed_rmap[page]
-        else:
-            self.owed_rmap[page] = owed - 1
-        if page in self.dirty_uncovered and self.batch_rmap:
+        rec[1] -= 1
+        if not rec[0] and not rec[1]:
+            del self.inflight[page]
+        if self.dirty_uncovered and page in self.dirty_uncovered and self.batch_rmap:
             self.violate(
                 "dirty-rmap-before-flush",
                 f"dirty file page {page:#x} loses its rmap before the TLB flush: writeback "
                 "could clean it while another CPU still writes through a stale entry",
+                page,
             )
             self.dirty_uncovered.discard(page)
 
@@ -236,6 +268,7 @@ class Checker:
                 "rmap-not-pending",
                 f"tlb_flush_rmaps() removes the rmap of {what} {page:#x} that no PTE cleared "
                 "since the last discard mapped with a pending removal",
+                page,
             )
             return
         ptl, vma_start = pending
@@ -244,14 +277,16 @@ class Checker:
                 "rmap-outside-ptl",
                 f"page {page:#x}: rmap removed without holding the lock of table {ptl:#x} "
                 "that guarded its PTE",
+                page,
             )
-        self.last_removed = (page, vma_start)
+        if vma_start != -1:
+            self.removed_vma[page] = vma_start
         self._remove_rmap(page)
 
     def rmap_vma(self, page: int, vma_start: int) -> None:
         """The model tells which VMA tlb_flush_rmaps() was given for ``page``."""
-        last_page, mapped_by = self.last_removed
-        if last_page == page and mapped_by not in (-1, vma_start):
+        mapped_by = self.removed_vma.pop(page, -1)
+        if mapped_by not in (-1, vma_start):
             self.violate(
                 "rmap-wrong-vma",
                 f"page {page:#x} was mapped by the VMA at {mapped_by:#x}, but "
@@ -262,16 +297,22 @@ class Checker:
         self._remove_rmap(ev["page"])
 
     def _freed(self, page: int) -> None:
-        if page >= TABLE_ID_BASE and self.saw_callers:
-            self._table_freed(page)
-            return
         if not self.saw_callers:
             return
-        if self.uncovered_pages.get(page):
+        if page >= TABLE_ID_BASE:
+            self._table_freed(page)
+            return
+        rec = self.inflight.get(page)
+        if rec is None or rec[0] <= 0:
+            self.violate("free-once", f"page {page:#x} is freed more often than it was queued",
+                         page)
+            return
+        if rec[2]:
             self.violate(
                 "free-before-flush",
                 f"page {page:#x} is freed while a TLB entry mapping it may still be live "
                 "(no flush covered its cleared PTE)",
+                page,
             )
         if page in self.pending_rmap:
             del self.pending_rmap[page]
@@ -279,14 +320,11 @@ class Checker:
                 "rmap-dropped",
                 f"page {page:#x} is freed with its rmap removal still pending: the flush "
                 "between tlb_discard_rmaps() and tlb_flush_rmaps() dropped it",
+                page,
             )
-        left = self.handed.get(page, 0)
-        if left <= 0:
-            self.violate("free-once", f"page {page:#x} is freed more often than it was queued")
-        elif left == 1:
-            del self.handed[page]
-        else:
-            self.handed[page] = left - 1
+        rec[0] -= 1
+        if not rec[0] and not rec[1]:
+            del self.inflight[page]
 
     def _free_pages(self, ev: dict[str, Any]) -> None:
         for page in ev["pages"]:
@@ -296,18 +334,27 @@ class Checker:
         self._freed(ev["page"])
 
     def _tlb_flush(self, ev: dict[str, Any]) -> None:
-        if ev["scope"] == "range":
+        uncovered = self.uncovered
+        if ev["scope"] == "range" and uncovered:
             start, end = ev["start"], ev["end"]
-            missed = [a for a, (_p, size) in self.uncovered.items()
-                      if not (start <= a and a + size <= end)]
+            page_size = self.page_size
+            sizes = self.uncovered_size
+            missed = [a for a in uncovered
+                      if not (start <= a and a + sizes.get(a, page_size) <= end)]
             if missed:
                 self.violate(
                     "flush-covers",
                     f"the flush of [{start:#x}, {end:#x}) misses cleared entries at "
                     + ", ".join(hex(a) for a in missed[:4]),
                 )
-        self.uncovered.clear()
-        self.uncovered_pages.clear()
+        inflight = self.inflight
+        for page in uncovered.values():
+            if page is not None:
+                rec = inflight.get(page)
+                if rec is not None:
+                    rec[2] = 0
+        uncovered.clear()
+        self.uncovered_size.clear()
         self.dirty_uncovered.clear()
         for table, state in self.tables.items():
             if state == "unhooked":
@@ -372,20 +419,18 @@ class Checker:
             problems.append(f"{len(self.uncovered)} cleared entries never flushed")
         if self.pending_rmap:
             problems.append(f"{len(self.pending_rmap)} rmap removals still pending")
-        if self.owed_rmap:
-            page = next(iter(self.owed_rmap))
-            problems.append(f"{len(self.owed_rmap)} pages never lost their rmap (first "
-                            f"{page:#x})")
-        if self.handed:
-            page = next(iter(self.handed))
-            problems.append(f"{len(self.handed)} queued pages never freed (first {page:#x})")
+        owed = [p for p, rec in self.inflight.items() if rec[1] > 0]
+        if owed:
+            problems.append(f"{len(owed)} pages never lost their rmap (first {owed[0]:#x})")
+        unfreed = [p for p, rec in self.inflight.items() if rec[0] > 0]
+        if unfreed:
+            problems.append(f"{len(unfreed)} queued pages never freed (first {unfreed[0]:#x})")
         if problems:
             self.violate("pending-after-finish", "after tlb_finish_mmu(): " + "; ".join(problems))
         self.uncovered.clear()
-        self.uncovered_pages.clear()
+        self.uncovered_size.clear()
         self.pending_rmap.clear()
-        self.owed_rmap.clear()
-        self.handed.clear()
+        self.inflight.clear()
 
     def finish(self) -> None:
         """End of a run: every unhooked table must have been freed by now."""

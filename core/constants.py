@@ -41,10 +41,22 @@ class Geometry:
     pgdir_shift: int = 0
     task_size: int = 0x7FFFFFFFF000
     table_batch_header: int = 24
+    # Derived in __attrs_post_init__ (hot paths read them as plain attributes).
+    page_shift: int = attrs.field(init=False, default=0)
+    pmd_size: int = attrs.field(init=False, default=0)
+    pud_size: int = attrs.field(init=False, default=0)
+    p4d_size: int = attrs.field(init=False, default=0)
+    pgdir_size: int = attrs.field(init=False, default=0)
+    ptrs_per_pte: int = attrs.field(init=False, default=0)
+    max_gather_batch: int = attrs.field(init=False, default=0)
+    max_gather_batch_count: int = attrs.field(init=False, default=0)
+    max_table_batch: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         if self.page_size not in PAGE_SIZES:
             raise ValueError(f"PAGE_SIZE must be one of {PAGE_SIZES}, not {self.page_size}")
+        set_ = object.__setattr__
+        set_(self, "page_shift", self.page_size.bit_length() - 1)
         bits = self.page_shift - 3  # entries per table level
         if not self.pmd_shift:
             object.__setattr__(self, "pmd_shift", self.page_shift + bits)
@@ -54,45 +66,18 @@ class Geometry:
             object.__setattr__(self, "p4d_shift", self.pud_shift + bits)
         if not self.pgdir_shift:
             object.__setattr__(self, "pgdir_shift", self.p4d_shift + bits)
-
-    @property
-    def page_shift(self) -> int:
-        return self.page_size.bit_length() - 1
-
-    @property
-    def pmd_size(self) -> int:
-        return 1 << self.pmd_shift
-
-    @property
-    def pud_size(self) -> int:
-        return 1 << self.pud_shift
-
-    @property
-    def p4d_size(self) -> int:
-        return 1 << self.p4d_shift
-
-    @property
-    def pgdir_size(self) -> int:
-        return 1 << self.pgdir_shift
-
-    @property
-    def ptrs_per_pte(self) -> int:
-        return self.pmd_size // self.page_size
-
-    @property
-    def max_gather_batch(self) -> int:
-        """MAX_GATHER_BATCH: page pointers that fit in one batch page."""
-        return (self.page_size - GATHER_BATCH_HEADER) // POINTER_BYTES
-
-    @property
-    def max_gather_batch_count(self) -> int:
-        """MAX_GATHER_BATCH_COUNT: 10K pages bound the work between preemption points."""
-        return 10000 // self.max_gather_batch
-
-    @property
-    def max_table_batch(self) -> int:
-        """MAX_TABLE_BATCH: table pointers in one table-batch page."""
-        return (self.page_size - self.table_batch_header) // POINTER_BYTES
+        set_(self, "pmd_size", 1 << self.pmd_shift)
+        set_(self, "pud_size", 1 << self.pud_shift)
+        set_(self, "p4d_size", 1 << self.p4d_shift)
+        set_(self, "pgdir_size", 1 << self.pgdir_shift)
+        set_(self, "ptrs_per_pte", self.pmd_size // self.page_size)
+        # MAX_GATHER_BATCH: page pointers that fit in one batch page.
+        set_(self, "max_gather_batch", (self.page_size - GATHER_BATCH_HEADER) // POINTER_BYTES)
+        # MAX_GATHER_BATCH_COUNT: 10K pages bound the work between preemption
+        # points on non-preemptible kernels.
+        set_(self, "max_gather_batch_count", 10000 // self.max_gather_batch)
+        # MAX_TABLE_BATCH: table pointers in one table-batch page.
+        set_(self, "max_table_batch", (self.page_size - self.table_batch_header) // POINTER_BYTES)
 
     @property
     def queue_capacity(self) -> int:

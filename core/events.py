@@ -118,6 +118,16 @@ def _fan_out(observers: list[Processor]) -> Emit:
 
         return emit_one
 
+    if len(observers) == 2:
+        first, second = observers
+
+        def emit_two(event: str, **fields: Any) -> None:
+            fields["event"] = event
+            first(None, "info", fields)
+            second(None, "info", fields)
+
+        return emit_two
+
     def emit(event: str, **fields: Any) -> None:
         fields["event"] = event
         for observer in observers:

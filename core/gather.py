@@ -364,9 +364,12 @@ class MmuGather:
             self.detail("batch_next", batch=new.index, allocated=True)
         return True
 
-    def remove_page(self, page: int, page_size: int, flags: int = 0) -> bool:
-        """__tlb_remove_page_size() as the arch implements it (queue or free)."""
-        return self._remove(page, page_size, flags)
+    @property
+    def remove_page(self) -> PageRemover:
+        """__tlb_remove_page_size() as the arch implements it (queue or free):
+        ``remove_page(page, page_size, flags) -> queue full?``.  The function
+        itself, so that per-page loops call it with no extra layer."""
+        return self._remove
 
     def tlb_remove_page_size(self, page: int, page_size: int) -> None:
         """Queue a page, flushing at once if that filled the queue."""
@@ -438,7 +441,17 @@ class MmuGather:
         if self.emit is not None:
             self.emit("rmap_remove", page=page)
         if self.model is not None:
-            self.model.gather_remove_rmap(page, vma)
+            self.model.gather_remove_rmaps((page,), vma)
+
+    def page_remove_rmaps(self, pages: list[int], vma: Vma) -> None:
+        """page_remove_rmap() on a run of queued pages, in order (one batch's
+        share of a tlb_flush_rmaps() walk)."""
+        emit = self.emit
+        if emit is not None:
+            for page in pages:
+                emit("rmap_remove", page=page)
+        if self.model is not None:
+            self.model.gather_remove_rmaps(pages, vma)
 
     # ------------------------------------------------------------------
     # Page tables

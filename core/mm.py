@@ -30,8 +30,8 @@ class MmModel(Protocol):
     do, and keep page, folio and table state in step with the gather here.
     """
 
-    def gather_remove_rmap(self, page: int, vma: Vma) -> None:
-        """tlb_flush_rmaps() removed ``page``'s rmap for ``vma``."""
+    def gather_remove_rmaps(self, pages: Sequence[int], vma: Vma) -> None:
+        """tlb_flush_rmaps() removed the rmap of ``pages`` (in order) for ``vma``."""
 
     def release_pages(self, pages: Sequence[int]) -> None:
         """Queued pages (or one page at once) were freed."""

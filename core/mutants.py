@@ -15,7 +15,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import attrs
-
 from mmugather.core.arch import ArchSpec
 from mmugather.core.gather import MmuGather, PageRemover
 from mmugather.core.hookspecs import hookimpl

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import attrs
-
 from mmugather.core import mutants as mutants_mod
 from mmugather.core.arch import ArchSpec, make_machine
 from mmugather.core.callers import Teardown, run_ops

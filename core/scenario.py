@@ -13,7 +13,6 @@ from importlib import resources
 from typing import Any
 
 import attrs
-
 from mmugather.core.aspace import (
     F_ANON,
     F_HUGETLB,

@@ -131,7 +131,7 @@ class RunStats:
         self.c["free_calls"] += 1
 
     def _folio_free(self, ev: dict[str, Any]) -> None:
-        self.c["folios_freed"] += 1
+        self.c["folios_freed"] += len(ev["folios"])
 
     def _deferred(self, ev: dict[str, Any]) -> None:
         self.c["deferred_split"] += 1
