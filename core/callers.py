@@ -176,12 +176,12 @@ class Teardown:
                 nr_pmdmapped = 1 << store.order[head]
                 nr = nr_pmdmapped - store.nr_mapped[head]
         folio_pages = 1 << store.order[head]
-        if nr and flags & F_ANON and folio_pages >= self.geo.ptrs_per_pte:
-            # An anon PMD-sized folio left partly mapped is queued for a
-            # deferred split (spuriously so when a zap is about to unmap the
-            # rest page by page).
-            if not compound or nr < nr_pmdmapped:
-                self.deferred_split_folio(head)
+        # An anon PMD-sized folio left partly mapped is queued for a deferred
+        # split (spuriously so when a zap is about to unmap the rest page by
+        # page).
+        pmd_sized_anon = flags & F_ANON and folio_pages >= self.geo.ptrs_per_pte
+        if nr and pmd_sized_anon and (not compound or nr < nr_pmdmapped):
+            self.deferred_split_folio(head)
 
     def deferred_split_folio(self, head: int) -> None:
         store = self.aspace.pages

@@ -117,10 +117,10 @@ def format_table(runs: Sequence[ArchRun]) -> str:
     width = max(len(x) for x in labels)
     cols = [r.arch for r in runs]
     colw = [max(len(c), 12) for c in cols]
-    out = [f"{'':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, colw))]
+    out = [f"{'':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, colw, strict=True))]
     for key, label in ROWS:
         cells = []
-        for r, w in zip(runs, colw):
+        for r, w in zip(runs, colw, strict=True):
             value = r.stats.get(key, 0)
             cells.append(f"{value:>{w},}")
         out.append(f"{label:<{width}}  " + "  ".join(cells))

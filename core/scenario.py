@@ -8,6 +8,7 @@ is built, and :func:`build` turns a validated scenario into an
 
 from __future__ import annotations
 
+import itertools
 import sys
 from importlib import resources
 from typing import Any
@@ -203,7 +204,7 @@ def parse(data: dict[str, Any], path: str, page_size: int = 4096) -> Scenario:
             )
         )
     order = sorted(range(len(vmas)), key=lambda i: vmas[i].start)
-    for a, b in zip(order, order[1:]):
+    for a, b in itertools.pairwise(order):
         if vmas[b].start < vmas[a].end:
             raise ScenarioError(
                 path, f"vma[{b}]",
@@ -310,7 +311,7 @@ def _no_double_mapping(path: str, key: str, pops: tuple[Populate, ...], page_siz
     spans = sorted(
         (p.offset, p.offset + p.pages * page_size, k) for k, p in enumerate(pops)
     )
-    for (s1, e1, k1), (s2, _e2, k2) in zip(spans, spans[1:]):
+    for (_s1, e1, k1), (s2, _e2, k2) in itertools.pairwise(spans):
         if s2 < e1:
             raise ScenarioError(
                 path, f"{key}.populate[{k2}]",

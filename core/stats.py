@@ -39,6 +39,9 @@ ROWS: list[tuple[str, str]] = [
 ]
 
 
+_LEVEL_KEY = {"pte": "ptes_zapped", "pmd": "pmds_zapped", "huge": "huge_zapped"}
+
+
 class RunStats:
     """Counts what ``ROWS`` lists; an event observer (structlog processor)."""
 
@@ -79,9 +82,7 @@ class RunStats:
         return dict(self.c)
 
     def _pte_clear(self, ev: dict[str, Any]) -> None:
-        level = ev["level"]
-        key = "ptes_zapped" if level == "pte" else "pmds_zapped" if level == "pmd" else "huge_zapped"
-        self.c[key] += 1
+        self.c[_LEVEL_KEY[ev["level"]]] += 1
 
     def _swap_free(self, ev: dict[str, Any]) -> None:
         self.c["swap_freed"] += 1
