@@ -90,7 +90,14 @@ def _short(v: Any) -> str:
 class Checker:
     """Observer of one machine's events.  ``violations`` collects what broke."""
 
-    def __init__(self, arch: ArchSpec, page_size: int = 4096, *, max_reports: int = 50) -> None:
+    def __init__(
+        self,
+        arch: ArchSpec,
+        page_size: int = 4096,
+        *,
+        max_reports: int = 50,
+        replay: bool = False,
+    ) -> None:
         feats = set(arch.resolved_features())
         self.page_size = page_size
         #: pages wait in a queue for the flush (not s390)
@@ -127,7 +134,11 @@ class Checker:
         self.table_level: dict[int, str] = {}
         self.cleared_since_flush = False
         self.queued_need_flush: dict[int, int] = {}  # replay mode: page -> queued count
-        self.saw_callers = False
+        self.saw_callers = replay
+        #: a replay: pages arrive by ``page_queued`` (detail) events, entries
+        #: by page-less ``pte_clear`` events, and the caller's rmap choices
+        #: are unknown, so the rmap rules that need them are off
+        self.replay = replay
         self._dispatch: dict[str, Callable[[dict[str, Any]], None]] = {
             "pte_clear": self._pte_clear,
             "rmap_remove": self._rmap_remove,
@@ -142,6 +153,7 @@ class Checker:
             "rcu_grace_period": self._rcu_grace_period,
             "ipi_sync": self._ipi_sync,
             "table_free": self._table_free,
+            "page_queued": self._page_queued,
             "gather_begin": self._gather_begin,
             "gather_end": self._gather_end,
         }
@@ -252,9 +264,32 @@ class Checker:
             )
             self.dirty_uncovered.discard(page)
 
+    def _page_queued(self, ev: dict[str, Any]) -> None:
+        if not self.replay:
+            return
+        page = ev["page"]
+        if page in self.tables:
+            return  # a page-table page queued as a page (generic arches)
+        pending = 1 if self.gathering and self.uncovered else 0
+        rec = self.inflight.get(page)
+        if rec is None:
+            self.inflight[page] = [1, 0, pending, self.seq, ev]
+        else:
+            rec[0] += 1
+            rec[2] = rec[2] or pending
+            rec[3], rec[4] = self.seq, ev
+
     def _rmap_remove(self, ev: dict[str, Any]) -> None:
         page = ev["page"]
         if not self.saw_callers:
+            return
+        if self.replay:
+            rec = self.inflight.get(page)
+            if rec is None or rec[1] >= rec[0]:
+                self.violate("rmap-once", f"page {page:#x}: rmap removed more often than it "
+                             "was queued", page)
+            else:
+                rec[1] += 1
             return
         extra = self.pending_extra.get(page)
         if extra:
@@ -299,7 +334,7 @@ class Checker:
     def _freed(self, page: int) -> None:
         if not self.saw_callers:
             return
-        if page >= TABLE_ID_BASE:
+        if page in self.tables:
             self._table_freed(page)
             return
         rec = self.inflight.get(page)
@@ -323,6 +358,8 @@ class Checker:
                 page,
             )
         rec[0] -= 1
+        if self.replay:
+            rec[1] = max(0, rec[1] - 1)
         if not rec[0] and not rec[1]:
             del self.inflight[page]
 
@@ -331,6 +368,8 @@ class Checker:
             self._freed(page)
 
     def _free_page(self, ev: dict[str, Any]) -> None:
+        if self.replay:
+            return  # freed as it is handed over: no queue to check against
         self._freed(ev["page"])
 
     def _tlb_flush(self, ev: dict[str, Any]) -> None:
@@ -348,6 +387,9 @@ class Checker:
                     + ", ".join(hex(a) for a in missed[:4]),
                 )
         inflight = self.inflight
+        if self.replay:
+            for rec in inflight.values():
+                rec[2] = 0
         for page in uncovered.values():
             if page is not None:
                 rec = inflight.get(page)
@@ -419,7 +461,7 @@ class Checker:
             problems.append(f"{len(self.uncovered)} cleared entries never flushed")
         if self.pending_rmap:
             problems.append(f"{len(self.pending_rmap)} rmap removals still pending")
-        owed = [p for p, rec in self.inflight.items() if rec[1] > 0]
+        owed = [] if self.replay else [p for p, rec in self.inflight.items() if rec[1] > 0]
         if owed:
             problems.append(f"{len(owed)} pages never lost their rmap (first {owed[0]:#x})")
         unfreed = [p for p, rec in self.inflight.items() if rec[0] > 0]

@@ -320,8 +320,14 @@ class ReplayResult:
     bug_line: int | None = None
 
 
-def run(compiled: list[Compiled], machine: Machine) -> ReplayResult:
-    """Replay compiled ops on ``machine``; stops at a VM_BUG_ON."""
+def run(compiled: list[Compiled], machine: Machine, *, check: bool = False) -> ReplayResult:
+    """Replay compiled ops on ``machine``; stops at a VM_BUG_ON.
+
+    With ``check``, entry clears and table frees are reported as the callers'
+    ``pte_clear``/``table_unhook`` events, for the invariant checker.
+    """
+    if check:
+        return _run_checked(compiled, machine)
     mm = MmStruct()
     emit: Emit | None = machine.emit
     tlb: MmuGather | None = None
@@ -402,3 +408,96 @@ def write_events_to(path: str | None) -> tuple[IO[bytes], bool]:
     if path is None or path == "-":
         return sys.stdout.buffer, False
     return open(path, "wb", buffering=1 << 20), True
+
+
+_CLEAR_LEVEL = {C_ENTRY: "pte", C_PMD_ENTRY: "pmd", C_PUD_ENTRY: "pud", C_HUGE_ENTRY: "huge"}
+_FREE_LEVEL = {C_FREE_PTE: "pte", C_FREE_PMD: "pmd", C_FREE_PUD: "pud", C_FREE_P4D: "p4d"}
+
+
+def _run_checked(compiled: list[Compiled], machine: Machine) -> ReplayResult:
+    """The replay with the callers' events the checker needs added: a slower
+    loop, kept apart so that the plain replay stays lean."""
+    emit = machine.emit
+    geo = machine.geometry
+    sizes = {C_ENTRY: geo.page_size, C_PMD_ENTRY: geo.pmd_size, C_PUD_ENTRY: geo.pud_size}
+    out: list[tuple[Compiled, tuple[str, dict[str, Any]] | None]] = []
+    for item in compiled:
+        code = item[1]
+        note: tuple[str, dict[str, Any]] | None = None
+        if code in _CLEAR_LEVEL:
+            size = item[4] if code == C_HUGE_ENTRY else sizes[code]
+            note = ("pte_clear", {"addr": item[3], "page": None, "level": _CLEAR_LEVEL[code],
+                                  "size": size})
+        elif code in _FREE_LEVEL:
+            note = ("table_unhook", {"table": item[3], "level": _FREE_LEVEL[code],
+                                     "addr": item[4]})
+        out.append((item, note))
+    done = 0
+    # One op at a time through the plain loop keeps the semantics identical.
+    state = _Stepper(machine)
+    for item, note in out:
+        if note is not None and emit is not None:
+            emit(note[0], **note[1])
+        result = state.step(item)
+        if result is not None:
+            return ReplayResult(ops=done, bug=result, bug_line=item[0])
+        done += 1
+    return ReplayResult(ops=done)
+
+
+class _Stepper:
+    """Runs compiled ops one at a time, keeping the gather between calls."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.mm = MmStruct()
+        self.tlb: MmuGather | None = None
+
+    def step(self, item: Compiled) -> str | None:
+        line, code, op, a, b, c = item
+        machine = self.machine
+        emit = machine.emit
+        tlb = self.tlb
+        try:
+            if code == C_GATHER:
+                self.tlb = (tlb_gather_mmu_fullmm if a else tlb_gather_mmu)(machine, self.mm)
+            elif code == C_FINISH:
+                tlb.tlb_finish_mmu(a)  # type: ignore[union-attr]
+                self.tlb = None
+            elif code == C_RCU:
+                machine.rcu_grace_period()
+            elif code == C_FAIL:
+                machine.fail_alloc(a, b)
+            elif code == C_BATCH_RMAP:
+                value = tlb.batch_rmap if tlb is not None else _batch_rmap(machine, self.mm)
+                if emit is not None:
+                    emit("return", op=op, value=value)
+            elif code == C_QUEUE:
+                full = tlb.remove_page(a, b, c)  # type: ignore[union-attr]
+                if emit is not None:
+                    emit("return", op=op, value=full)
+            else:
+                _STEP[code](tlb, a, b)
+        except KernelBug as bug:
+            return bug.what
+        return None
+
+
+_STEP: dict[int, Callable[[Any, Any, Any], None]] = {
+    C_ENTRY: lambda t, a, b: t.tlb_remove_tlb_entry(a),
+    C_PMD_ENTRY: lambda t, a, b: t.tlb_remove_pmd_tlb_entry(a),
+    C_PUD_ENTRY: lambda t, a, b: t.tlb_remove_pud_tlb_entry(a),
+    C_HUGE_ENTRY: lambda t, a, b: t.tlb_remove_huge_tlb_entry(a, b),
+    C_FLUSH_RMAPS: lambda t, a, b: t.tlb_flush_rmaps(a),
+    C_DISCARD: lambda t, a, b: t.tlb_discard_rmaps(),
+    C_CHANGE_SIZE: lambda t, a, b: t.tlb_change_page_size(a),
+    C_REMOVE_PAGE: lambda t, a, b: t.tlb_remove_page_size(a, b),
+    C_TLBONLY: lambda t, a, b: t.tlb_flush_mmu_tlbonly(),
+    C_FLUSH: lambda t, a, b: t.tlb_flush_mmu(),
+    C_START_VMA: lambda t, a, b: t.tlb_start_vma(a),
+    C_END_VMA: lambda t, a, b: t.tlb_end_vma(a),
+    C_FREE_PTE: lambda t, a, b: t.pte_free_tlb(a, b),
+    C_FREE_PMD: lambda t, a, b: t.pmd_free_tlb(a, b),
+    C_FREE_PUD: lambda t, a, b: t.pud_free_tlb(a, b),
+    C_FREE_P4D: lambda t, a, b: t.p4d_free_tlb(a, b),
+}

@@ -45,19 +45,51 @@ def cmd_replay(args: argparse.Namespace) -> int:
         except OSError as exc:
             return _error(f"{args.events}: cannot write: {exc.strerror}")
         close = True
+    checker = None
     try:
-        emit = make_emit(file=out, fmt=args.format)
-        detail = emit if args.detail else None
+        observers = []
+        if args.check:
+            from mmugather.core.check import Checker
+
+            checker = Checker(spec, page_size, replay=True)
+            observers = [checker]
+            if not args.detail:
+                observers.append(_drop_detail)
+        emit = make_emit(file=out, fmt=args.format, observers=observers)
+        if checker is not None:
+            checker.emit = emit
+        detail = emit if args.detail or args.check else None
         machine = make_machine(spec, page_size=page_size, emit=emit, detail=detail)
-        result = run(compiled, machine)
+        result = run(compiled, machine, check=args.check)
+        if checker is not None:
+            checker.finish()
     finally:
         out.flush()
         if close:
             out.close()
+    status = EXIT_OK
     if result.bug is not None:
         sys.stderr.write(f"{args.file}:{result.bug_line}: VM_BUG_ON: {result.bug}\n")
-        return EXIT_FAIL
-    return EXIT_OK
+        status = EXIT_FAIL
+    if checker is not None and checker.counts:
+        sys.stderr.write(f"{args.file}: {checker.total} invariant violations "
+                         f"({checker.summary()})\n")
+        for v in checker.violations[:3]:
+            sys.stderr.write(v.render() + "\n")
+        status = EXIT_FAIL
+    return status
+
+
+def _drop_detail(logger: object, method: str, event_dict: dict[str, object]) -> object:
+    """Keep the checker's extra input out of the replay's output."""
+    import structlog
+
+    from mmugather.core.events import DETAIL_EVENTS
+
+    if event_dict["event"] in DETAIL_EVENTS or event_dict["event"] in ("pte_clear",
+                                                                        "table_unhook"):
+        raise structlog.DropEvent
+    return event_dict
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -214,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("json", "console"),
         default="json",
         help="json: JSON Lines (default); console: a readable rendering",
+    )
+    rp.add_argument(
+        "--check",
+        action="store_true",
+        help="run the invariant checker on the replay (the rules that need no address-space "
+        "model); violations go to stderr and make the exit status 1",
     )
     rp.add_argument(
         "--detail",
