@@ -454,7 +454,7 @@ class _Stepper:
         self.tlb: MmuGather | None = None
 
     def step(self, item: Compiled) -> str | None:
-        line, code, op, a, b, c = item
+        _line, code, op, a, b, c = item
         machine = self.machine
         emit = machine.emit
         tlb = self.tlb

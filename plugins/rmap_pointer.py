@@ -28,13 +28,10 @@ def tlb_batch_rmap(tlb: MmuGather) -> bool:
 def tlb_flush_rmaps(tlb: MmuGather, vma: Vma) -> bool:
     batch = tlb.rmap_pend
     first = tlb.rmap_pend_first
-    remove = tlb.page_remove_rmap
     walked = 0
     while True:
-        pages = batch.pages
-        for i in range(first, batch.nr):
-            remove(pages[i], vma)
         if batch.nr > first:
+            tlb.page_remove_rmaps(batch.pages[first : batch.nr], vma)
             walked += batch.nr - first
         nxt = batch.next
         # Batches after the active one are empty left-overs of earlier
