@@ -168,4 +168,9 @@ def make_machine(
         sizes = ", ".join(str(s) for s in spec.page_sizes)
         raise ArchError(f"arch {spec.name!r} supports PAGE_SIZE {sizes}, not {size}")
     pm = plugin_manager(spec, extra_plugins=extra_plugins)
-    return Machine(arch=spec, geometry=spec.geometry(size), hook=pm.hook, emit=emit, detail=detail)
+    geometry = spec.geometry(size)
+    if "MMU_GATHER_RCU_TABLE_FREE" not in spec.resolved_features():
+        # struct mmu_table_batch has an rcu_head only under RCU table free:
+        # without it the header is the (padded) count alone.
+        geometry = attrs.evolve(geometry, table_batch_header=8)
+    return Machine(arch=spec, geometry=geometry, hook=pm.hook, emit=emit, detail=detail)

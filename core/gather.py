@@ -46,7 +46,7 @@ class KernelBug(Exception):
 
 class GatherError(Exception):
     """The API was used in a way the kernel's types rule out (a gather
-    finished twice, an op after tlb_finish_mmu())."""
+    finished twice)."""
 
 
 @attrs.define(slots=True, eq=False, repr=False)

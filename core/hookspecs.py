@@ -119,7 +119,8 @@ def tlb_flush(tlb: MmuGather) -> bool:
     *firstresult*; return ``True``.  Generic: ``flush_tlb_mm()`` for fullmm or
     ``need_flush_all``, else ``flush_tlb_range()`` when ``tlb.end`` is not 0.
     **Overridden by**: s390 (lazy: flush the whole mm only when a page-table
-    free marked it), x86 and arm64 in the examples.
+    free marked it); third-party arches with their own invalidate (x86's
+    ``flush_tlb_mm_range()``, arm64's range TLBI).
     """
 
 
@@ -175,7 +176,8 @@ def tlb_start_vma(tlb: MmuGather, vma: Vma) -> bool:
 
     *firstresult*; return ``True``.  Generic: nothing for fullmm; else record
     ``vma_exec``/``vma_huge``/``vma_pfn`` and ``flush_cache_range()`` over the
-    VMA.  **Overridden by**: MMU_GATHER_NO_FLUSH_CACHE arches (sparc).
+    VMA.  No built-in arch overrides it; an MMU_GATHER_NO_FLUSH_CACHE arch
+    (sparc64) would, to skip the cache flush.
     """
 
 
@@ -202,8 +204,8 @@ def tlb_free_pgtable(tlb: MmuGather, level: str, table: int, addr: int) -> bool:
     is unhooked and must be freed once no walker can reach it.
 
     *firstresult*; return ``True``.  Generic: record the range one level up
-    (``PAGE_SIZE`` wide), set ``freed_tables`` and hand the table to
-    ``tlb_remove_table()``; a folded p4d level frees nothing.
+    (``PAGE_SIZE`` wide; for a p4d table no level bit), set ``freed_tables``
+    and hand the table to ``tlb_remove_table()``.
     **Overridden by**: s390 (its own macros: mark the mm for a flush, a
     different range bookkeeping).
     """

@@ -36,7 +36,7 @@ def _always(spec: ArchSpec) -> bool:
 def _free_at_once(tlb: MmuGather) -> PageRemover:
     free = tlb.free_page_and_swap_cache
 
-    def free_now(page: int, page_size: int, flags: int) -> bool:
+    def free_now(page: int, page_size: int, flags: int = 0) -> bool:
         free(page)
         return False
 

@@ -17,7 +17,7 @@ from mmugather.core.vma import Vma
 def tlb_page_remover(tlb: MmuGather) -> PageRemover:
     free = tlb.free_page_and_swap_cache
 
-    def free_at_once(page: int, page_size: int, flags: int) -> bool:
+    def free_at_once(page: int, page_size: int, flags: int = 0) -> bool:
         free(page)
         return False
 
