@@ -141,6 +141,20 @@ class PageStore:
         self.nr_mapped.extend(zeros_i)
         return PFN_BASE + head
 
+    def new_small_folios(self, n: int, flags: int, mapcount: int, refcount: int) -> int:
+        """Allocate ``n`` order-0 folios at once, each mapped ``mapcount``
+        times and holding ``refcount`` references; returns the first PFN."""
+        first = len(self.mapcount)
+        self.mapcount.extend(array("i", [mapcount]) * n)
+        self.head.extend(array("q", range(first, first + n)))
+        self.order.extend(array("b", bytes(n)))
+        self.flags.extend(array("i", [flags]) * n)
+        self.refcount.extend(array("i", [refcount]) * n)
+        zeros = array("i", bytes(4 * n))
+        self.entire_mapcount.extend(zeros)
+        self.nr_mapped.extend(zeros)
+        return PFN_BASE + first
+
     def folio_of(self, pfn: int) -> int:
         return self.head[pfn - PFN_BASE]
 

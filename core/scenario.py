@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from array import array
 from importlib import resources
 from typing import Any
 
@@ -376,6 +377,10 @@ def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
                 _populate_hugetlb(aspace, vma, pop)
                 continue
             bits = PTE_PRESENT | (PTE_DIRTY if pop.dirty else 0) | (PTE_YOUNG if pop.young else 0)
+            if (spec.kind == "anon" and pop.state in ("present", "swapcache")
+                    and pop.folio_order == 0 and pop.every == 1):
+                _populate_small_anon(aspace, spec.start + pop.offset, pop, bits)
+                continue
             nr = 1 << pop.folio_order
             addr = spec.start + pop.offset
             last = addr + pop.pages * page_size
@@ -482,3 +487,23 @@ def _populate_hugetlb(aspace: AddressSpace, vma: MmVma, pop: Populate) -> None:
             store.refcount[head - PFN_BASE] = 2  # the mapping and hugetlbfs' page cache
             table[key] = head << 8 | PTE_PRESENT | (PTE_DIRTY if pop.dirty else 0)
         addr += sz
+
+
+def _populate_small_anon(aspace: AddressSpace, addr: int, pop: Populate, bits: int) -> None:
+    """The common case in bulk: a run of order-0 anon pages, a PTE table at a time."""
+    geo = aspace.geometry
+    swapcache = pop.state == "swapcache"
+    flags = F_ANON | (F_SWAPCACHE if swapcache else 0)
+    first = aspace.pages.new_small_folios(pop.pages, flags, 1, 2 if swapcache else 1)
+    per_table = geo.ptrs_per_pte
+    left = pop.pages
+    pfn = first
+    while left:
+        table = aspace.ensure_tables(addr)
+        assert table is not None
+        i = (addr >> geo.page_shift) & (per_table - 1)
+        n = min(left, per_table - i)
+        table.entries[i : i + n] = array("q", [(p << 8) | bits for p in range(pfn, pfn + n)])
+        pfn += n
+        left -= n
+        addr += n * geo.page_size
