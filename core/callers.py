@@ -104,9 +104,19 @@ class Teardown:
         observer = self.rmap_observer
         remove = self.page_remove_rmap
         start = vma.start
+        store = self.aspace.pages
+        mapcount = store.mapcount
+        order = store.order
+        head_of = store.head
         for page in pages:
             if observer is not None:
                 observer(page, start)
+            idx = page - PFN_BASE
+            # Fast path: a page of an order-0 folio that stays mapped or goes
+            # unmapped with nothing else to account.
+            if 0 <= idx < len(mapcount) and not order[head_of[idx]] and mapcount[idx] > 0:
+                mapcount[idx] -= 1
+                continue
             remove(page, False)
 
     def release_pages(self, pages: Sequence[int]) -> None:
@@ -117,16 +127,27 @@ class Teardown:
         head_of = store.head
         refcount = store.refcount
         flags = store.flags
+        order = store.order
+        freed = self.folios_freed
         for pfn in pages:
             if pfn >= TABLE_ID_BASE:
                 # A page-table page queued as an ordinary page (generic arches).
                 aspace.tables.pop(pfn, None)
                 continue
             head = head_of[pfn - PFN_BASE]
-            # Fast path: no swap cache to drop and not the last reference.
-            if not flags[head] & F_SWAPCACHE and refcount[head] > 1:
-                refcount[head] -= 1
-                continue
+            # Fast paths: no swap cache to drop; not the last reference, or
+            # the last one of an unmapped small folio.
+            fl = flags[head]
+            if not fl & F_SWAPCACHE:
+                ref = refcount[head]
+                if ref > 1:
+                    refcount[head] = ref - 1
+                    continue
+                if ref == 1 and not order[head]:
+                    refcount[head] = 0
+                    flags[head] = fl | F_FREED
+                    freed.append(PFN_BASE + head)
+                    continue
             self.put_page(head)
         self.flush_folio_frees()
 
