@@ -275,18 +275,99 @@ def parse_line(raw: bytes, lineno: int, path: str, page_size: int) -> Compiled |
     return (lineno, CODES[op], op, a, b, c)
 
 
+#: Ops whose canonical line ends in its one integer field, ``{"op":"NAME","FIELD":N}``.
+_INT_TAIL_OPS = (
+    ("tlb_remove_tlb_entry", "addr"),
+    ("__tlb_remove_page_size", "page"),
+    ("tlb_change_page_size", "size"),
+    ("tlb_remove_page_size", "page"),
+    ("tlb_remove_pmd_tlb_entry", "addr"),
+    ("tlb_remove_pud_tlb_entry", "addr"),
+)
+
+#: A line's compiled form without its line number: (code, op, a, b, c).
+_Rest = tuple[int, str, Any, Any, Any]
+#: The line up to its last colon -> (code, op, lowest, highest, b, c).
+_IntTail = tuple[int, str, int, int, Any, Any]
+
+_fast_cache: dict[int, tuple[dict[bytes, _Rest], dict[bytes, _IntTail]]] = {}
+
+
+def _fast_tables(page_size: int) -> tuple[dict[bytes, _Rest], dict[bytes, _IntTail]]:
+    """The fast path's tables, derived from the slow path (:func:`parse_line`)
+    so that they compile exactly as it does.
+
+    * exact lines: the canonical text of every op without a required field
+      (and of each value of a lone boolean field);
+    * integer tails: for the ops of ``_INT_TAIL_OPS``, the text before the
+      value, with the value's range and the compiled ``b``, ``c``.
+    """
+    tables = _fast_cache.get(page_size)
+    if tables is not None:
+        return tables
+    exact: dict[bytes, _Rest] = {}
+    for op, spec in OPS.items():
+        texts = []
+        if all(default is not None for _kind, default in spec.values()):
+            texts.append(f'{{"op":"{op}"}}')
+        if len(spec) == 1 and next(iter(spec.values()))[0] == BOOL:
+            texts += [f'{{"op":"{op}","{field}":{v}}}' for field in spec for v in ("true", "false")]
+        for text in texts:
+            compiled = parse_line(text.encode(), 0, "", page_size)
+            assert compiled is not None
+            exact[text.encode()] = compiled[1:]
+    int_tails: dict[bytes, _IntTail] = {}
+    for op, field in _INT_TAIL_OPS:
+        kind = OPS[op][field][0]
+        lo, hi = (1, MASK32) if kind == SIZE else (0, MASK64)
+        head = f'{{"op":"{op}","{field}"'
+        probes = [parse_line(f"{head}:{v}}}".encode(), 0, "", page_size) for v in (lo, hi)]
+        # The value is ``a``; ``b`` and ``c`` do not depend on it.
+        assert [p[3] for p in probes if p] == [lo, hi] and probes[0][4:] == probes[1][4:]  # type: ignore[index]
+        int_tails[head.encode()] = (CODES[op], op, lo, hi, *probes[0][4:])  # type: ignore[index]
+    tables = _fast_cache[page_size] = (exact, int_tails)
+    return tables
+
+
 def parse(lines: Iterator[bytes], path: str, page_size: int) -> list[Compiled]:
-    """Validate a whole replay file and compile it; raises ReplayError."""
+    """Validate a whole replay file and compile it; raises ReplayError.
+
+    The lines a recorder writes most, byte for byte in canonical form, take a
+    fast path: an exact line from a table, or ``{"op":"NAME","FIELD":N}``
+    with N plain JSON digits in range.  It accepts nothing the slow path
+    (:func:`parse_line`) rejects and compiles to the same tuples; every
+    other line, and every error, goes the slow way.
+    """
+    exact, int_tails = _fast_tables(page_size)
     out: list[Compiled] = []
+    append = out.append
     gather_line: int | None = None
     for lineno, raw in enumerate(lines, 1):
-        try:
-            compiled = parse_line(raw, lineno, path, page_size)
-        except UnicodeDecodeError:
-            raise ReplayError(path, lineno, "not UTF-8 text") from None
-        if compiled is None:
-            continue
-        code, op = compiled[1], compiled[2]
+        # Canonical lines have no blanks around them; others go the slow way.
+        rest = exact.get(raw)
+        compiled: Compiled | None
+        if rest is not None:
+            compiled = (lineno,) + rest  # noqa: RUF005 - cheaper than unpacking
+        else:
+            compiled = None
+            head, _, tail = raw.rpartition(b":")
+            shape = int_tails.get(head)
+            if shape is not None and tail[-1:] == b"}":
+                digits = tail[:-1]
+                # JSON digits: no sign, no leading zero, no fraction.
+                if digits.isdigit() and (digits[0] != 0x30 or len(digits) == 1):
+                    code, op, lo, hi, b, c = shape
+                    value = int(digits)
+                    if lo <= value <= hi:
+                        compiled = (lineno, code, op, value, b, c)
+            if compiled is None:
+                try:
+                    compiled = parse_line(raw, lineno, path, page_size)
+                except UnicodeDecodeError:
+                    raise ReplayError(path, lineno, "not UTF-8 text") from None
+                if compiled is None:
+                    continue
+        code = compiled[1]
         if code == C_GATHER:
             if gather_line is not None:
                 raise ReplayError(
@@ -298,9 +379,11 @@ def parse(lines: Iterator[bytes], path: str, page_size: int) -> list[Compiled]:
             if gather_line is None:
                 raise ReplayError(path, lineno, "tlb_finish_mmu outside a gather")
             gather_line = None
-        elif gather_line is None and op not in ANYWHERE:
-            raise ReplayError(path, lineno, f"{op} outside a gather (no tlb_gather_mmu before it)")
-        out.append(compiled)
+        elif gather_line is None and compiled[2] not in ANYWHERE:
+            raise ReplayError(
+                path, lineno, f"{compiled[2]} outside a gather (no tlb_gather_mmu before it)"
+            )
+        append(compiled)
     return out
 
 
