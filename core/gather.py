@@ -290,9 +290,12 @@ class MmuGather:
         if self.emit is not None:
             self.emit("mmu_notifier_invalidate", start=start, end=end)
 
-    def emit_tlb_flush(self, scope: str, start: int | None = None, end: int | None = None) -> None:
+    def emit_tlb_flush(
+        self, scope: str, start: int | None = None, end: int | None = None, **extra: Any
+    ) -> None:
         """Report one arch TLB invalidate: ``flush_tlb_mm()`` ("mm") or
-        ``flush_tlb_range()`` ("range")."""
+        ``flush_tlb_range()`` ("range").  ``extra`` fields are the arch's own
+        (x86's ``stride_shift``), after the standard ones."""
         if self.emit is None:
             return
         fields: dict[str, Any] = {"scope": scope}
@@ -305,6 +308,8 @@ class MmuGather:
         fields["levels"] = self.levels()
         if self.track_page_size:
             fields["page_size"] = self.page_size
+        if extra:
+            fields.update(extra)
         self.emit("tlb_flush", **fields)
 
     def tlb_flush_mmu(self) -> None:

@@ -1,0 +1,144 @@
+"""The conformance kit: built-in arches pass it, a broken arch fails it with
+the rule's name, and the x86-64 example installed from its own folder is
+found through its entry point and passes it too."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import attrs
+import pytest
+from mmugather.arches import BUILTIN, GENERIC_SMP
+from mmugather.core.arch import ArchRegistry
+from mmugather.core.conformance import RULES, ConformanceError, check_all
+from mmugather.core.events import Collector, make_emit
+from mmugather.core.gather import MmuGather
+from mmugather.core.hookspecs import hookimpl
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "docs" / "examples" / "mmugather-x86"
+
+
+@pytest.mark.parametrize("spec", BUILTIN, ids=[s.name for s in BUILTIN])
+def test_builtin_arches_conform(spec: object) -> None:
+    assert check_all(spec) == []  # type: ignore[arg-type]
+
+
+@hookimpl(tryfirst=True)
+def _tlb_flush_range_only(tlb: MmuGather) -> bool:
+    # Broken on purpose: a range flush only, forgetting that a fullmm gather
+    # (exit) has no range and must flush the whole mm.
+    if not tlb.fullmm and tlb.end:
+        tlb.emit_tlb_flush("range", tlb.start, tlb.end)
+    return True
+
+
+BROKEN = attrs.evolve(
+    GENERIC_SMP,
+    name="broken",
+    plugins=(SimpleNamespace(tlb_flush=_tlb_flush_range_only),),
+)
+
+
+FLUSH_RULES = ("[free-before-flush] ", "[dirty-rmap-before-flush] ")
+
+
+def test_broken_arch_fails_naming_the_rule() -> None:
+    failures = check_all(BROKEN)
+    # Exit's dirty shared file pages meet the missing flush first.
+    assert any(f.startswith(FLUSH_RULES) for f in failures), failures
+    # It is not registered either, and the kit says so under its own rule.
+    assert any(f.startswith("[registered] ") for f in failures), failures
+
+
+def test_each_rule_raises_with_its_name() -> None:
+    with pytest.raises(ConformanceError) as info:
+        RULES["invariants"](BROKEN)
+    assert str(info.value).startswith(FLUSH_RULES)
+    assert "mmugather run --arch broken" in str(info.value)
+
+
+def test_registry_takes_extra_plugins_and_refuses_duplicates() -> None:
+    module = SimpleNamespace(mmugather_add_arches=hookimpl(lambda: [BROKEN]))
+    reg = ArchRegistry(entry_points=False, extra=[module])
+    assert "broken" in reg.names()
+    assert reg.get("broken").origin.startswith("plugin ")
+    twice = SimpleNamespace(mmugather_add_arches=hookimpl(lambda: [GENERIC_SMP]))
+    with pytest.raises(Exception, match="already provided"):
+        ArchRegistry(entry_points=False, extra=[twice])
+
+
+@pytest.fixture(scope="module")
+def x86_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example arch, installed with pip from its own folder (no network:
+    no dependencies, the build backend from this environment)."""
+    target = tmp_path_factory.mktemp("x86site")
+    build = tmp_path_factory.mktemp("x86src")
+    src = build / "mmugather-x86"
+    subprocess.run(["cp", "-r", str(EXAMPLE), str(src)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(src)],
+        check=True, capture_output=True,
+    )
+    return target
+
+
+def _run(site: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(site))
+    return subprocess.run(list(args), capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=300)
+
+
+def test_example_arch_is_listed_with_its_origin(x86_site: Path) -> None:
+    out = _run(x86_site, sys.executable, "-m", "mmugather", "arches", "--json")
+    assert out.returncode == 0, out.stderr
+    import json
+
+    arches = {a["name"]: a for a in json.loads(out.stdout)}
+    assert arches["x86-64"]["origin"] == "entry point x86-64 (mmugather-x86 0.1.0)"
+    assert arches["x86-64"]["features"] == "SMP, MMU_GATHER_MERGE_VMAS"
+
+
+def test_example_arch_runs_and_passes_the_kit(x86_site: Path, tmp_path: Path) -> None:
+    run = _run(x86_site, sys.executable, "-m", "mmugather", "run", "--arch", "x86-64")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "no invariant violations" in run.stdout
+    kit = _run(x86_site, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               "--mmu-arch", "x86-64", cwd=tmp_path)
+    assert kit.returncode == 0, kit.stdout + kit.stderr
+    assert f"{len(RULES)} passed" in kit.stdout
+
+
+def test_example_x86_flush_ceiling(x86_site: Path) -> None:
+    """33 strides flush the range; 34 flush everything (tlb_single_page_flush_ceiling)."""
+    sys.path.insert(0, str(x86_site))
+    try:
+        import mmugather_x86
+    finally:
+        sys.path.remove(str(x86_site))
+    from mmugather.core import MmStruct, make_machine, tlb_gather_mmu
+
+    for pages, scope in ((33, "range"), (34, "mm")):
+        events = Collector()
+        machine = make_machine(mmugather_x86.X86_64, emit=make_emit(observers=[events]))
+        tlb = tlb_gather_mmu(machine, MmStruct())
+        for k in range(pages):
+            tlb.tlb_remove_tlb_entry(0x400000 + k * 4096)
+        tlb.tlb_flush_mmu_tlbonly()
+        (flush,) = events.named("tlb_flush")
+        assert flush["scope"] == scope
+        assert flush["stride_shift"] == 12
+
+
+def test_kit_rejects_unknown_arch(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--mmu-arch", "nope"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert out.returncode != 0
+    assert "--mmu-arch: unknown arch 'nope'" in out.stderr
