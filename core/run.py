@@ -78,6 +78,15 @@ def run_arch(
     if checker is not None:
         observers.append(checker)
     observers.extend(extra_observers)
+    if events is not None:
+        # One log may hold several arches' runs: say whose each event is.
+        name = spec.name
+
+        def tag_arch(logger: Any, method: str, event_dict: Any) -> Any:
+            event_dict["arch"] = name
+            return event_dict
+
+        observers.append(tag_arch)
     emit = make_emit(observers=observers, file=events, fmt=fmt)  # type: ignore[arg-type]
     if checker is not None:
         checker.emit = emit

@@ -293,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scenarios", help="list the built-in scenarios")
     sc.set_defaults(func=cmd_scenarios)
 
+    from mmugather.core.analyze import add_analyze_parser
+
+    add_analyze_parser(sub)
+
     ap = sub.add_parser(
         "arches",
         help="list the arch configurations, their features and where they came from",
