@@ -172,8 +172,12 @@ class Teardown:
         idx = pfn - PFN_BASE
         head = store.head[idx]
         flags = store.flags[head]
+        emit = self.emit
         if flags & F_HUGETLB:
             store.entire_mapcount[head] -= 1
+            if emit is not None:
+                emit("large_folio_rmap", folio=PFN_BASE + head, pages=0, folio_atomics=1,
+                     mapped=self.folio_pages_mapped(head))
             return
         nr = 0
         nr_pmdmapped = 0
@@ -182,12 +186,20 @@ class Teardown:
             store.mapcount[idx] = left
             if left < 0 and self.report is not None:
                 self.report("mapcount", f"page {pfn:#x}: mapcount fell below zero")
-            if left != 0 or not store.order[head]:
+            if not store.order[head]:
+                return
+            if left != 0:
+                if emit is not None:
+                    emit("large_folio_rmap", folio=PFN_BASE + head, pages=1, folio_atomics=0,
+                         mapped=self.folio_pages_mapped(head))
                 return
             # The last PTE of a page of a large folio.
             store.nr_mapped[head] -= 1
             # Pages of a PMD-mapped folio stay accounted as mapped.
             nr = 1 if store.entire_mapcount[head] == 0 else 0
+            if emit is not None:
+                emit("large_folio_rmap", folio=PFN_BASE + head, pages=1, folio_atomics=1,
+                     mapped=self.folio_pages_mapped(head))
         else:
             left = store.entire_mapcount[head] - 1
             store.entire_mapcount[head] = left
@@ -196,6 +208,10 @@ class Teardown:
             if left == 0:
                 nr_pmdmapped = 1 << store.order[head]
                 nr = nr_pmdmapped - store.nr_mapped[head]
+            if emit is not None:
+                # _entire_mapcount, and _nr_pages_mapped when it was the last
+                emit("large_folio_rmap", folio=PFN_BASE + head, pages=0,
+                     folio_atomics=2 if left == 0 else 1, mapped=self.folio_pages_mapped(head))
         folio_pages = 1 << store.order[head]
         # An anon PMD-sized folio left partly mapped is queued for a deferred
         # split (spuriously so when a zap is about to unmap the rest page by
@@ -203,6 +219,94 @@ class Teardown:
         pmd_sized_anon = flags & F_ANON and folio_pages >= self.geo.ptrs_per_pte
         if nr and pmd_sized_anon and (not compound or nr < nr_pmdmapped):
             self.deferred_split_folio(head)
+
+    def folio_pages_mapped(self, head: int) -> int:
+        """Pages of the folio at ``head`` still mapped: all of them while a
+        PMD (or hugetlb) entry maps it, else those mapped by a PTE."""
+        store = self.aspace.pages
+        if store.entire_mapcount[head] > 0:
+            return 1 << store.order[head]
+        return int(store.nr_mapped[head])
+
+    # ------------------------------------------------------------------
+    # The ``ranges`` strategy (Ryan Roberts' series, v2): folio ranges
+    # ------------------------------------------------------------------
+
+    def folio_head(self, pfn: int) -> int:
+        """page_folio(): the head page of ``pfn``'s folio (a page-table page
+        is a folio of its own)."""
+        idx = pfn - PFN_BASE
+        if 0 <= idx < len(self.aspace.pages.head):
+            return PFN_BASE + int(self.aspace.pages.head[idx])
+        return pfn
+
+    def folio_end(self, pfn: int) -> int:
+        """The first page after ``pfn``'s folio (page_to_pfn(&folio->page) +
+        folio_nr_pages(folio))."""
+        store = self.aspace.pages
+        idx = pfn - PFN_BASE
+        if 0 <= idx < len(store.head):
+            head = store.head[idx]
+            return PFN_BASE + head + (1 << store.order[head])
+        return pfn + 1
+
+    def gather_remove_rmap_range(self, first: int, nr: int, vma: Vma) -> None:
+        """folio_remove_rmap_range(folio, page, nr, vma) of the series (patch
+        1/4): the PTE mappings of ``nr`` pages of one folio from ``first``.
+
+        A large folio's ``_nr_pages_mapped`` is updated once for the range,
+        and the folio goes on the deferred split queue only if some page of
+        it is still mapped afterwards (``folio_test_large()``, not only
+        PMD-sized folios, as in the series): unmapping a whole folio in one
+        range queues nothing.
+        """
+        observer = self.rmap_observer
+        if observer is not None:
+            start = vma.start
+            for page in range(first, first + nr):
+                observer(page, start)
+        store = self.aspace.pages
+        idx = first - PFN_BASE
+        head = store.head[idx]
+        mapcount = store.mapcount
+        report = self.report
+        if not store.order[head]:
+            left = mapcount[idx] - 1
+            mapcount[idx] = left
+            if left < 0 and report is not None:
+                report("mapcount", f"page {first:#x}: mapcount fell below zero")
+            return
+        unmapped = 0
+        for i in range(idx, idx + nr):
+            left = mapcount[i] - 1
+            mapcount[i] = left
+            if left == 0:
+                unmapped += 1
+            elif left < 0 and report is not None:
+                report("mapcount", f"page {PFN_BASE + i:#x}: mapcount fell below zero")
+        # One atomic_sub_return_relaxed() on _nr_pages_mapped for the range.
+        store.nr_mapped[head] -= unmapped
+        mapped = self.folio_pages_mapped(head)
+        if self.emit is not None:
+            self.emit("large_folio_rmap", folio=PFN_BASE + head, pages=nr, folio_atomics=1,
+                      mapped=mapped)
+        if store.entire_mapcount[head] > 0:
+            return  # still mapped whole by a PMD: nothing became unmapped
+        if unmapped and mapped and store.flags[head] & F_ANON:
+            self.deferred_split_folio(head)
+
+    def release_ranges(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """free_folios_and_swap_cache() of the series: free_swap_cache() once
+        per range, then folios_put_refs(): one reference per page of the
+        range, dropped at once."""
+        aspace = self.aspace
+        head_of = aspace.pages.head
+        for start, nr in ranges:
+            if start >= TABLE_ID_BASE:
+                aspace.tables.pop(start, None)
+                continue
+            self.put_page(head_of[start - PFN_BASE], nr)
+        self.flush_folio_frees()
 
     def deferred_split_folio(self, head: int) -> None:
         store = self.aspace.pages
@@ -219,15 +323,16 @@ class Teardown:
         n = 1 << store.order[head]
         return any(store.mapcount[head + i] > 0 for i in range(n))
 
-    def put_page(self, head: int) -> None:
-        """free_swap_cache() then put_page() on the folio of a freed entry."""
+    def put_page(self, head: int, refs: int = 1) -> None:
+        """free_swap_cache() then put_page() (folio_put_refs() for ``refs``
+        references) on the folio of a freed entry."""
         store = self.aspace.pages
         flags = store.flags[head]
         if flags & F_SWAPCACHE and not self.folio_mapped(head):
             # The swap cache held one reference per page of the folio.
             store.flags[head] = flags & ~F_SWAPCACHE
             store.refcount[head] -= 1 << store.order[head]
-        ref = store.refcount[head] - 1
+        ref = store.refcount[head] - refs
         store.refcount[head] = ref
         if ref == 0:
             store.flags[head] |= F_FREED
@@ -278,7 +383,7 @@ class Teardown:
         rmap_before_flush = "rmap-before-flush" in self.mutants
         batch_rmap = tlb.batch_rmap and not rmap_before_flush
         anon_vma = vma.is_anon
-        force_flush = False
+        force_flush = queue_full = dirty_flush = False
         # tlb_remove_tlb_entry() per cleared PTE only grows [start, end); the
         # gather reads the range only when a page is queued (end must not be
         # 0) or at a flush, so record the first clear at once and the rest of
@@ -311,7 +416,7 @@ class Teardown:
                                 # The TLB flush must come before the rmap
                                 # removal: writeback must not find the page
                                 # clean while a CPU can still dirty it.
-                                force_flush = True
+                                force_flush = dirty_flush = True
                         if emit is not None:
                             emit(
                                 "pte_clear",
@@ -327,7 +432,7 @@ class Teardown:
                             self.page_remove_rmap(pfn, False)
                         freed += 1
                         if remove_page(pfn, page_size, 0):
-                            force_flush = True
+                            force_flush = queue_full = True
                             addr += page_size
                             break
                 else:
@@ -364,6 +469,8 @@ class Teardown:
         self.rss_freed += freed
         # Do the TLB flush before dropping the lock.
         if force_flush:
+            if emit is not None:
+                emit("force_flush", dirty=dirty_flush, full=queue_full)
             tlb.tlb_flush_mmu_tlbonly()
         after_unlock = "flush-rmaps-after-unlock" in self.mutants
         # Rmap removal must happen before the lock is dropped.
@@ -743,6 +850,12 @@ class Teardown:
         """do_vmi_align_munmap() + unmap_region(): split the VMAs at the
         edges, unmap the detached ones, free the tables only they used."""
         aspace = self.aspace
+        for vma in aspace.vmas:
+            # hugetlb_vm_op_split(): a hugetlb VMA splits only on a huge page
+            # boundary; otherwise munmap() fails with EINVAL, unmapping nothing.
+            for edge in (start, end):
+                if vma.is_hugetlb and vma.start < edge < vma.end and edge % vma.hpage_size:
+                    return
         self._split_at(start)
         self._split_at(end)
         detached = [v for v in aspace.vmas if v.start >= start and v.end <= end]
