@@ -142,8 +142,10 @@ class Checker:
         self._dispatch: dict[str, Callable[[dict[str, Any]], None]] = {
             "pte_clear": self._pte_clear,
             "rmap_remove": self._rmap_remove,
+            "rmap_remove_range": self._rmap_remove_range,
             "rmap_remove_now": self._rmap_remove_now,
             "free_pages": self._free_pages,
+            "free_ranges": self._free_ranges,
             "free_page": self._free_page,
             "tlb_flush": self._tlb_flush,
             "ptl_lock": self._ptl_lock,
@@ -318,6 +320,13 @@ class Checker:
             self.removed_vma[page] = vma_start
         self._remove_rmap(page)
 
+    def _rmap_remove_range(self, ev: dict[str, Any]) -> None:
+        """The ``ranges`` strategy: one removal for a run of pages of a folio,
+        checked as that many ``rmap_remove`` events."""
+        first = ev["first"]
+        for page in range(first, first + ev["nr"]):
+            self._rmap_remove({"page": page})
+
     def rmap_vma(self, page: int, vma_start: int) -> None:
         """The model tells which VMA tlb_flush_rmaps() was given for ``page``."""
         mapped_by = self.removed_vma.pop(page, -1)
@@ -367,6 +376,11 @@ class Checker:
         for page in ev["pages"]:
             self._freed(page)
 
+    def _free_ranges(self, ev: dict[str, Any]) -> None:
+        for start, nr in ev["ranges"]:
+            for page in range(start, start + nr):
+                self._freed(page)
+
     def _free_page(self, ev: dict[str, Any]) -> None:
         if self.replay:
             return  # freed as it is handed over: no queue to check against
@@ -392,9 +406,9 @@ class Checker:
                 rec[2] = 0
         for page in uncovered.values():
             if page is not None:
-                rec = inflight.get(page)
-                if rec is not None:
-                    rec[2] = 0
+                found = inflight.get(page)
+                if found is not None:
+                    found[2] = 0
         uncovered.clear()
         self.uncovered_size.clear()
         self.dirty_uncovered.clear()

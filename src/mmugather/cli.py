@@ -25,7 +25,7 @@ def _error(message: str) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from mmugather.core.arch import ArchError, make_machine, registry
-    from mmugather.core.events import make_emit
+    from mmugather.core.events import Processor, make_emit
     from mmugather.core.replay import ReplayError, parse_file, run
 
     try:
@@ -47,12 +47,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         close = True
     checker = None
     try:
-        observers = []
+        observers: list[Processor] = []
         if args.check:
             from mmugather.core.check import Checker
 
             checker = Checker(spec, page_size, replay=True)
-            observers = [checker]
+            observers.append(checker)
             if not args.detail:
                 observers.append(_drop_detail)
         emit = make_emit(file=out, fmt=args.format, observers=observers)
