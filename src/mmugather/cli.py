@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
+from typing import Any
 
 from mmugather import __version__
 
@@ -80,7 +81,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return status
 
 
-def _drop_detail(logger: object, method: str, event_dict: dict[str, object]) -> object:
+def _drop_detail(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
     """Keep the checker's extra input out of the replay's output."""
     import structlog
 
