@@ -145,9 +145,24 @@ def _json_renderer() -> Processor:
             return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
         return structlog.processors.JSONRenderer(serializer=dumps)
-    return structlog.processors.JSONRenderer(
-        serializer=orjson.dumps, option=orjson.OPT_APPEND_NEWLINE
-    )
+
+    dumps_line = orjson.dumps
+    newline = orjson.OPT_APPEND_NEWLINE
+
+    class JsonLineRenderer(structlog.processors.JSONRenderer):
+        """``JSONRenderer(serializer=orjson.dumps, option=OPT_APPEND_NEWLINE)``
+        that calls orjson directly instead of spreading its keyword
+        arguments again for every event."""
+
+        def __init__(self) -> None:
+            super().__init__(serializer=dumps_line, option=newline)
+            #: structlog's fallback for objects orjson cannot serialize
+            self.fallback = self._dumps_kw["default"]
+
+        def __call__(self, logger: Any, name: str, event_dict: EventDict) -> bytes:
+            return dumps_line(event_dict, default=self.fallback, option=newline)
+
+    return JsonLineRenderer()
 
 
 class EventLogger(structlog.BoundLoggerBase):

@@ -14,7 +14,13 @@ from typing import IO, Any
 import attrs
 from mmugather.core.constants import MASK32, MASK64
 from mmugather.core.events import Emit
-from mmugather.core.gather import KernelBug, MmuGather, tlb_gather_mmu, tlb_gather_mmu_fullmm
+from mmugather.core.gather import (
+    GatherError,
+    KernelBug,
+    MmuGather,
+    tlb_gather_mmu,
+    tlb_gather_mmu_fullmm,
+)
 from mmugather.core.mm import ALLOC_KINDS, Machine, MmStruct
 from mmugather.core.vma import FLAG_NAMES, Vma
 
@@ -414,14 +420,18 @@ def run(compiled: list[Compiled], machine: Machine, *, check: bool = False) -> R
     mm = MmStruct()
     emit: Emit | None = machine.emit
     tlb: MmuGather | None = None
+    # The open gather's per-page entry points, looked up once per gather
+    # (parse() puts every per-page op inside a gather).
+    entry: Callable[[int], None] = _outside_gather
+    remove: Callable[[int, int, int], bool] = _outside_gather
     done = 0
     line = 0
     try:
         for line, code, op, a, b, c in compiled:  # noqa: B007 - line is read on a bug
             if code == C_ENTRY:
-                tlb.tlb_remove_tlb_entry(a)  # type: ignore[union-attr]
+                entry(a)
             elif code == C_QUEUE:
-                full = tlb.remove_page(a, b, c)  # type: ignore[union-attr]
+                full = remove(a, b, c)
                 if emit is not None:
                     emit("return", op=op, value=full)
             elif code == C_BATCH_RMAP:
@@ -461,9 +471,11 @@ def run(compiled: list[Compiled], machine: Machine, *, check: bool = False) -> R
                 tlb.p4d_free_tlb(a, b)  # type: ignore[union-attr]
             elif code == C_GATHER:
                 tlb = tlb_gather_mmu_fullmm(machine, mm) if a else tlb_gather_mmu(machine, mm)
+                entry, remove = tlb.tlb_remove_tlb_entry, tlb.remove_page
             elif code == C_FINISH:
                 tlb.tlb_finish_mmu(a)  # type: ignore[union-attr]
                 tlb = None
+                entry = remove = _outside_gather
             elif code == C_RCU:
                 machine.rcu_grace_period()
             elif code == C_FAIL:
@@ -472,6 +484,10 @@ def run(compiled: list[Compiled], machine: Machine, *, check: bool = False) -> R
     except KernelBug as bug:
         return ReplayResult(ops=done, bug=bug.what, bug_line=line)
     return ReplayResult(ops=done)
+
+
+def _outside_gather(*args: Any) -> bool:
+    raise GatherError("a per-page op outside a gather")
 
 
 def _batch_rmap(machine: Machine, mm: MmStruct) -> bool:
