@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import attrs
 from mmugather.core.constants import MASK32, MASK64
@@ -486,7 +486,7 @@ def run(compiled: list[Compiled], machine: Machine, *, check: bool = False) -> R
     return ReplayResult(ops=done)
 
 
-def _outside_gather(*args: Any) -> bool:
+def _outside_gather(*args: Any) -> NoReturn:
     raise GatherError("a per-page op outside a gather")
 
 
