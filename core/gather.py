@@ -337,7 +337,8 @@ class MmuGather:
             self.vm_warn("tlb->page_size != page_size")
         batch = self.active
         nr = batch.nr
-        if nr >= batch.max:
+        size = batch.max
+        if nr >= size:
             # The kernel writes past the array first; the VM_BUG_ON that
             # follows is what a developer sees.
             self.vm_bug("batch->nr > batch->max")
@@ -346,7 +347,9 @@ class MmuGather:
         batch.nr = nr = nr + 1
         if self.detail is not None:
             self.detail("page_queued", page=page, batch=batch.index, nr=nr)
-        return bool(nr == batch.max and not self.tlb_next_batch())
+        if nr < size:
+            return False
+        return not self.tlb_next_batch()
 
     def tlb_next_batch(self) -> bool:
         """Move on to the next batch page, allocating one if allowed and possible."""
