@@ -159,9 +159,18 @@ def make_machine(
     emit: Emit | None = None,
     detail: Emit | None = None,
     extra_plugins: Sequence[Any] = (),
+    strategy: str | None = None,
 ) -> Machine:
     """A modelled kernel for ``arch`` at ``page_size`` (the arch's first
-    supported size by default)."""
+    supported size by default).
+
+    ``strategy`` names the rmap-removal strategy (``core/strategies.py``);
+    its engine plugins are registered before ``extra_plugins``.  ``None``:
+    the one in force (``strategies.selected()``), ``pointer`` by default.
+    """
+    from mmugather.core import strategies
+
+    extra_plugins = (*strategies.resolve(strategy).plugins, *extra_plugins)
     spec = registry().get(arch) if isinstance(arch, str) else arch
     size = spec.page_sizes[0] if page_size is None else page_size
     if size not in spec.page_sizes:

@@ -22,6 +22,9 @@ class MmuGatherBatch:
     flags: list[int] = attrs.field(init=False)
     #: position in the chain, 0 for the bundle (for events and reports)
     index: int = 0
+    #: the ``ranges`` strategy: ``pages[i]`` starts a struct pfn_range and
+    #: ``ends[i]`` ends it (exclusive); allocated by that strategy alone
+    ends: list[int] | None = None
 
     def __attrs_post_init__(self) -> None:
         self.pages = [0] * self.max

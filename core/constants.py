@@ -41,6 +41,9 @@ class Geometry:
     pgdir_shift: int = 0
     task_size: int = 0x7FFFFFFFF000
     table_batch_header: int = 24
+    #: sizeof() one entry of a page batch: a page pointer; the ``ranges``
+    #: strategy stores a struct pfn_range (two unsigned longs) instead
+    gather_entry_bytes: int = POINTER_BYTES
     # Derived in __attrs_post_init__ (hot paths read them as plain attributes).
     page_shift: int = attrs.field(init=False, default=0)
     pmd_size: int = attrs.field(init=False, default=0)
@@ -71,8 +74,12 @@ class Geometry:
         set_(self, "p4d_size", 1 << self.p4d_shift)
         set_(self, "pgdir_size", 1 << self.pgdir_shift)
         set_(self, "ptrs_per_pte", self.pmd_size // self.page_size)
-        # MAX_GATHER_BATCH: page pointers that fit in one batch page.
-        set_(self, "max_gather_batch", (self.page_size - GATHER_BATCH_HEADER) // POINTER_BYTES)
+        # MAX_GATHER_BATCH: page pointers (or entries) that fit in one batch page.
+        set_(
+            self,
+            "max_gather_batch",
+            (self.page_size - GATHER_BATCH_HEADER) // self.gather_entry_bytes,
+        )
         # MAX_GATHER_BATCH_COUNT: 10K pages bound the work between preemption
         # points on non-preemptible kernels.
         set_(self, "max_gather_batch_count", 10000 // self.max_gather_batch)

@@ -40,9 +40,19 @@ CONTRACT_EVENTS = frozenset(
     }
 )
 
-#: Events the model adds whenever events are on: one per gather or grace
-#: period, so they cost nothing that matters.
-MODEL_EVENTS = frozenset({"gather_begin", "gather_end", "rcu_grace_period", "rmap_walk"})
+#: Events the model adds whenever events are on: one per gather, grace
+#: period or rmap walk, so they cost nothing that matters; and the
+#: per-range events of the ``ranges`` strategy (core/strategies.py).
+MODEL_EVENTS = frozenset(
+    {
+        "gather_begin",
+        "gather_end",
+        "rcu_grace_period",
+        "rmap_walk",
+        "rmap_remove_range",
+        "free_ranges",
+    }
+)
 
 #: Events for readers of the queue; emitted only with ``detail`` on (they
 #: cost a dict per page).
@@ -60,6 +70,8 @@ CALLER_EVENTS = frozenset(
         "table_unhook",
         "folio_free",
         "deferred_split",
+        "large_folio_rmap",
+        "force_flush",
         "violation",
     }
 )

@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 from mmugather.core.batch import MmuGatherBatch
-from mmugather.core.constants import FREE_CHUNK, MASK32, MASK64, MMU_GATHER_BUNDLE, Geometry
+from mmugather.core.constants import MASK32, MASK64, MMU_GATHER_BUNDLE, Geometry
 from mmugather.core.events import Emit
 from mmugather.core.mm import Machine, MmModel, MmStruct
 from mmugather.core.table import MmuTableBatch
@@ -89,6 +89,10 @@ class MmuGather:
     batch: MmuTableBatch | None = None
     #: tlb_batch_rmap(), a compile-time constant in the kernel: cached per gather
     batch_rmap: bool = False
+    #: v6.5 before the seed patch: delayed rmap removals are pending (set by
+    #: tlb_delay_rmap(), cleared by tlb_flush_rmaps()); only the ``legacy``
+    #: strategy reads it
+    delayed_rmap: bool = False
     #: gather finished (tlb_finish_mmu() ran)
     finished: bool = False
     #: plugin-owned per-gather state
@@ -353,6 +357,8 @@ class MmuGather:
 
     def tlb_next_batch(self) -> bool:
         """Move on to the next batch page, allocating one if allowed and possible."""
+        if not self.hook.tlb_next_batch_allowed(tlb=self):
+            return False
         batch = self.active
         if batch.next is not None:
             self.active = batch.next
@@ -395,20 +401,13 @@ class MmuGather:
     # ------------------------------------------------------------------
 
     def tlb_batch_pages_flush(self) -> None:
-        """Free every queued page, at most FREE_CHUNK per call, then reuse the
-        batches from the bundle on."""
+        """Free every queued page (each batch through the ``tlb_free_batch``
+        hook: at most FREE_CHUNK per call), then reuse the batches from the
+        bundle on."""
         batch: MmuGatherBatch | None = self.local
+        free_batch = self.hook.tlb_free_batch
         while batch is not None and batch.nr:
-            pages = batch.pages
-            offset = 0
-            # Bound the work per free call: matters only where a batch page
-            # holds more than 512 pointers (PAGE_SIZE > 4K).
-            while batch.nr:
-                nr = min(FREE_CHUNK, batch.nr)
-                chunk = pages[offset : offset + nr]
-                self.free_pages_and_swap_cache(chunk)
-                offset += nr
-                batch.nr -= nr
+            free_batch(tlb=self, batch=batch)
             batch = batch.next
         self.active = self.local
         # Freed pages can have no rmap removal pending.

@@ -29,6 +29,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from mmugather.core.arch import ArchSpec
+    from mmugather.core.batch import MmuGatherBatch
     from mmugather.core.gather import MmuGather, PageRemover
     from mmugather.core.table import MmuTableBatch
     from mmugather.core.vma import Vma
@@ -99,6 +100,46 @@ def tlb_page_remover(tlb: MmuGather) -> PageRemover:
 
     *firstresult*.  Generic: ``tlb.queue_page`` (queue into the batches).
     **Overridden by**: MMU_GATHER_NO_GATHER (s390: free the page at once).
+    The ``ranges`` strategy wraps the gathering remover to store runs of
+    contiguous pages of one folio (``plugins/rmap_ranges.py``); ``legacy``
+    wraps it to note delayed rmaps (``plugins/rmap_legacy.py``).
+    """
+
+
+# --------------------------------------------------------------------------
+# The queue: per batch page
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def tlb_next_batch_allowed(tlb: MmuGather) -> bool:
+    """Whether ``tlb_next_batch()`` may move on to another batch page at all.
+
+    Asked at the top of ``tlb_next_batch()``, i.e. once per batch page that
+    fills up, before a kept batch page is reused or a new one allocated.
+    ``False`` makes ``tlb_next_batch()`` fail, so ``__tlb_remove_page_size()``
+    reports a full queue and the caller must flush.
+
+    *firstresult*.  Generic: ``True``.  **Overridden by**: the ``legacy``
+    strategy (v6.5 before the seed patch): ``False`` while
+    ``tlb.delayed_rmap`` is set and the active batch is not the bundle
+    ("limit batching if we have delayed rmaps pending"), which is what lets
+    its ``tlb_flush_rmaps()`` walk only ``tlb->local`` and ``tlb->active``.
+    """
+
+
+@hookspec(firstresult=True)
+def tlb_free_batch(tlb: MmuGather, batch: MmuGatherBatch) -> bool:
+    """Free everything queued in one batch and leave it empty
+    (``batch.nr == 0``): the loop body of ``tlb_batch_pages_flush()``.
+
+    Called by ``tlb_batch_pages_flush()`` once per non-empty batch, in chain
+    order, after the TLB invalidate.
+
+    *firstresult*; return ``True``.  Generic: ``free_pages_and_swap_cache()``
+    on chunks of at most 512 entries (``FREE_CHUNK``).  **Overridden by**:
+    the ``ranges`` strategy, whose entries are page ranges of one folio
+    (``free_folios_and_swap_cache()`` per chunk of ranges).
     """
 
 

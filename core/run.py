@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import attrs
 from mmugather.core import mutants as mutants_mod
+from mmugather.core import strategies
 from mmugather.core.arch import ArchSpec, make_machine
 from mmugather.core.callers import Teardown, run_ops
 from mmugather.core.check import Checker, Violation
@@ -33,10 +34,12 @@ class ArchRun:
     mapped_ptes: int
     mutant: str | None = None
     mutant_applies: bool = True
+    strategy: str = "pointer"
 
     def as_json(self) -> dict[str, Any]:
         return {
             "arch": self.arch,
+            "strategy": self.strategy,
             "mutant": self.mutant,
             "mutant_applies": self.mutant_applies,
             "seconds": round(self.seconds, 4),
@@ -63,10 +66,22 @@ def run_arch(
     extra_observers: Sequence[Processor] = (),
     progress: Callable[[int], None] | None = None,
     stats: bool = True,
+    strategy: str | None = None,
 ) -> ArchRun:
-    """Run ``scenario`` on one arch and return what happened."""
+    """Run ``scenario`` on one arch and return what happened.
+
+    ``strategy`` names the rmap-removal strategy (``core/strategies.py``):
+    its engine plugins and its ``zap_pte_range()``; ``None`` is the one in
+    force (``pointer`` unless ``strategies.selected()`` says otherwise).
+    """
+    strat = strategies.resolve(strategy)
     size = page_size or spec.page_sizes[0]
     m = mutants_mod.get(mutant) if mutant else None
+    if m is not None and m.caller and strat.caller != "seed":
+        raise ValueError(
+            f"mutant {m.name!r} changes the seed patch's zap_pte_range(); strategy "
+            f"{strat.name!r} has another caller"
+        )
     plugins = list(extra_plugins)
     if m is not None and m.plugin is not None:
         plugins.append(m.plugin)
@@ -91,11 +106,13 @@ def run_arch(
     if checker is not None:
         checker.emit = emit
     machine = make_machine(
-        spec, page_size=size, emit=emit, detail=emit if detail else None, extra_plugins=plugins
+        spec, page_size=size, emit=emit, detail=emit if detail else None, extra_plugins=plugins,
+        strategy=strat.name,
     )
     aspace = build(scenario, machine.geometry)
     mapped = aspace.mapped_ptes()
-    teardown = Teardown(
+    teardown_class: type[Teardown] = strat.teardown_class()
+    teardown = teardown_class(
         aspace,
         machine,
         mutants=[m.caller] if m is not None and m.caller else [],
@@ -117,6 +134,7 @@ def run_arch(
         mapped_ptes=mapped,
         mutant=mutant,
         mutant_applies=m.applies(spec) if m is not None else True,
+        strategy=strat.name,
     )
 
 

@@ -21,16 +21,22 @@ ROWS: list[tuple[str, str]] = [
     ("tlb_flush_mm", "TLB flushes: whole mm"),
     ("tlb_flush_bytes", "bytes covered by range flushes"),
     ("mmu_notifier", "MMU notifier invalidates"),
+    ("forced_flushes", "forced flushes in zap_pte_range"),
+    ("forced_full", "forced flushes: queue full"),
     ("batch_pages", "batch pages allocated"),
     ("batch_alloc_failed", "batch allocations failed"),
     ("rmap_now", "rmaps removed at once"),
     ("rmap_batched", "rmaps removed by tlb_flush_rmaps"),
+    ("rmap_calls", "rmap removal calls"),
+    ("mapcount_atomics", "mapcount atomic updates"),
     ("rmap_walked", "queue entries walked by tlb_flush_rmaps"),
     ("rmap_flushes", "tlb_flush_rmaps calls that walked"),
     ("pages_freed", "pages freed"),
     ("free_calls", "page frees (calls)"),
+    ("folio_puts", "folio reference drops (calls)"),
     ("folios_freed", "folios freed"),
     ("deferred_split", "folios queued for deferred split"),
+    ("deferred_split_spurious", "deferred splits, spurious (same gather unmaps all)"),
     ("tables_page_batch", "page tables freed: as pages"),
     ("tables_rcu", "page tables freed: after RCU"),
     ("tables_ipi", "page tables freed: IPI, then at once"),
@@ -49,6 +55,11 @@ class RunStats:
         self.c: dict[str, int] = dict.fromkeys((k for k, _ in ROWS), 0)
         self._rcu_tables: set[int] = set()
         self._after_ipi = False
+        #: level of the last pte_clear: its rmap_remove_now follows it
+        self._clear_level = "pte"
+        #: folios this gather put on the deferred split queue, not yet seen
+        #: fully unmapped
+        self._split_queue: set[int] = set()
         self._dispatch = {
             "pte_clear": self._pte_clear,
             "swap_free": self._swap_free,
@@ -59,7 +70,11 @@ class RunStats:
             "rmap_remove": self._rmap_remove,
             "rmap_remove_now": self._rmap_now,
             "rmap_walk": self._rmap_walk,
+            "rmap_remove_range": self._rmap_range,
+            "large_folio_rmap": self._large_rmap,
+            "force_flush": self._force_flush,
             "free_pages": self._free_pages,
+            "free_ranges": self._free_ranges,
             "free_page": self._free_page,
             "folio_free": self._folio_free,
             "deferred_split": self._deferred,
@@ -82,13 +97,18 @@ class RunStats:
         return dict(self.c)
 
     def _pte_clear(self, ev: dict[str, Any]) -> None:
-        self.c[_LEVEL_KEY[ev["level"]]] += 1
+        level = ev["level"]
+        self.c[_LEVEL_KEY[level]] += 1
+        self._clear_level = level
 
     def _swap_free(self, ev: dict[str, Any]) -> None:
         self.c["swap_freed"] += 1
 
     def _gather(self, ev: dict[str, Any]) -> None:
         self.c["gathers"] += 1
+        # A deferred split is spurious when the same teardown (gather) goes
+        # on to unmap the rest of the folio.
+        self._split_queue.clear()
 
     def _tlb_flush(self, ev: dict[str, Any]) -> None:
         if ev["scope"] == "range":
@@ -110,10 +130,36 @@ class RunStats:
             self.c["batch_alloc_failed"] += 1
 
     def _rmap_remove(self, ev: dict[str, Any]) -> None:
-        self.c["rmap_batched"] += 1
+        c = self.c
+        c["rmap_batched"] += 1
+        c["rmap_calls"] += 1
+        c["mapcount_atomics"] += 1  # the page's _mapcount
 
     def _rmap_now(self, ev: dict[str, Any]) -> None:
-        self.c["rmap_now"] += 1
+        c = self.c
+        c["rmap_now"] += 1
+        c["rmap_calls"] += 1
+        if self._clear_level == "pte":
+            c["mapcount_atomics"] += 1  # the page's _mapcount (a PMD/hugetlb
+            # mapping has only folio-wide counters: large_folio_rmap)
+
+    def _rmap_range(self, ev: dict[str, Any]) -> None:
+        c = self.c
+        nr = ev["nr"]
+        c["rmap_batched"] += nr
+        c["rmap_calls"] += 1
+        c["mapcount_atomics"] += nr  # one _mapcount per page of the range
+
+    def _large_rmap(self, ev: dict[str, Any]) -> None:
+        self.c["mapcount_atomics"] += ev["folio_atomics"]
+        if not ev["mapped"] and ev["folio"] in self._split_queue:
+            self._split_queue.discard(ev["folio"])
+            self.c["deferred_split_spurious"] += 1
+
+    def _force_flush(self, ev: dict[str, Any]) -> None:
+        self.c["forced_flushes"] += 1
+        if ev["full"]:
+            self.c["forced_full"] += 1
 
     def _rmap_walk(self, ev: dict[str, Any]) -> None:
         self.c["rmap_walked"] += ev["walked"]
@@ -124,11 +170,21 @@ class RunStats:
         pages = ev["pages"]
         tables = sum(1 for p in pages if p >= TABLE_ID_BASE)
         self.c["pages_freed"] += len(pages) - tables
+        self.c["folio_puts"] += len(pages) - tables
+        self.c["tables_page_batch"] += tables
+        self.c["free_calls"] += 1
+
+    def _free_ranges(self, ev: dict[str, Any]) -> None:
+        ranges = ev["ranges"]
+        tables = sum(1 for start, _nr in ranges if start >= TABLE_ID_BASE)
+        self.c["pages_freed"] += sum(nr for start, nr in ranges if start < TABLE_ID_BASE)
+        self.c["folio_puts"] += len(ranges) - tables
         self.c["tables_page_batch"] += tables
         self.c["free_calls"] += 1
 
     def _free_page(self, ev: dict[str, Any]) -> None:
         self.c["pages_freed"] += 1
+        self.c["folio_puts"] += 1
         self.c["free_calls"] += 1
 
     def _folio_free(self, ev: dict[str, Any]) -> None:
@@ -136,6 +192,7 @@ class RunStats:
 
     def _deferred(self, ev: dict[str, Any]) -> None:
         self.c["deferred_split"] += 1
+        self._split_queue.add(ev["folio"])
 
     def _rcu_queue(self, ev: dict[str, Any]) -> None:
         self._rcu_tables.update(ev["tables"])

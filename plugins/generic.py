@@ -6,6 +6,8 @@ implements a hook takes precedence.
 
 from __future__ import annotations
 
+from mmugather.core.batch import MmuGatherBatch
+from mmugather.core.constants import FREE_CHUNK
 from mmugather.core.gather import MmuGather, PageRemover
 from mmugather.core.hookspecs import hookimpl
 from mmugather.core.vma import Vma
@@ -21,6 +23,28 @@ def tlb_batch_rmap(tlb: MmuGather) -> bool:
 @hookimpl(trylast=True)
 def tlb_page_remover(tlb: MmuGather) -> PageRemover:
     return tlb.queue_page
+
+
+@hookimpl(trylast=True)
+def tlb_next_batch_allowed(tlb: MmuGather) -> bool:
+    return True
+
+
+@hookimpl(trylast=True)
+def tlb_free_batch(tlb: MmuGather, batch: MmuGatherBatch) -> bool:
+    """tlb_batch_pages_flush()'s loop body: free_pages_and_swap_cache() on
+    chunks of at most FREE_CHUNK pages, until the batch is empty."""
+    pages = batch.pages
+    offset = 0
+    free = tlb.free_pages_and_swap_cache
+    # Bound the work per free call: matters only where a batch page holds
+    # more than 512 pointers (PAGE_SIZE > 4K).
+    while batch.nr:
+        nr = min(FREE_CHUNK, batch.nr)
+        free(pages[offset : offset + nr])
+        offset += nr
+        batch.nr -= nr
+    return True
 
 
 @hookimpl(trylast=True)

@@ -297,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mmugather.core.analyze import add_analyze_parser
 
     add_analyze_parser(sub)
+    __import__("mmugather.core.compare", fromlist=["_"]).add_compare_parser(sub)
 
     ap = sub.add_parser(
         "arches",

@@ -1,0 +1,177 @@
+"""Callers of the strategies other than the seed patch's: ``zap_pte_range()``
+as the kernel code each strategy models has it.
+
+:class:`Teardown` (``core/callers.py``) is the seed patch's caller, used by
+``pointer`` and ``ranges``.  :class:`LegacyTeardown` is v6.5 before the seed
+patch (``mm/memory.c``, ``/tmp/k/mm_memory.c``), for ``legacy``.  Everything
+but the per-PTE-table loop is inherited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from mmugather.core.aspace import (
+    F_ANON,
+    F_DIRTY,
+    PFN_BASE,
+    PTE_DIRTY,
+    PTE_PRESENT,
+    PTE_SPECIAL,
+    SWP_KIND,
+    SWP_MARKER,
+    SWP_SWAP,
+    AddressSpace,
+    MmVma,
+)
+from mmugather.core.callers import Teardown, ZapDetails
+from mmugather.core.gather import MmuGather
+from mmugather.core.mm import Machine
+from mmugather.plugins.rmap_legacy import DELAY_RMAP, tlb_delay_rmap
+
+
+class LegacyTeardown(Teardown):
+    """The v6.5 ``zap_pte_range()`` before the seed patch.
+
+    * no ``tlb_discard_rmaps()``;
+    * only a dirty file page has its rmap removal delayed, when
+      ``tlb_delay_rmap()`` says so (CONFIG_SMP with gathering); it forces
+      the flush; every other page's rmap is removed at once;
+    * the page is queued with the delay flag encoded beside it;
+    * ``tlb_flush_mmu_tlbonly()`` and ``tlb_flush_rmaps()`` only when the
+      flush is forced, then ``tlb_flush_mmu()`` after the unlock.
+    """
+
+    def __init__(
+        self,
+        aspace: AddressSpace,
+        machine: Machine,
+        *,
+        mutants: Sequence[str] = (),
+        report: Callable[[str, str], None] | None = None,
+        rmap_observer: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if mutants:
+            raise ValueError(
+                "caller mutants break the seed patch's zap_pte_range(); the legacy caller "
+                "has none"
+            )
+        super().__init__(aspace, machine, report=report, rmap_observer=rmap_observer)
+
+    def zap_pte_range(
+        self,
+        tlb: MmuGather,
+        vma: MmVma,
+        pmd_i: int,
+        addr: int,
+        end: int,
+        details: ZapDetails | None,
+    ) -> int:
+        """Clear the PTEs of one table in [addr, end), under its lock."""
+        geo = self.geo
+        page_size = geo.page_size
+        tlb.tlb_change_page_size(page_size)
+        table = self.aspace.pte_tables.get(pmd_i)
+        if table is None:
+            return addr
+        emit = self.emit
+        gvma = vma.gvma
+        if emit is not None:
+            emit("ptl_lock", table=table.id, vma_start=vma.start)
+        entries = table.entries
+        i = (addr >> geo.page_shift) & (geo.ptrs_per_pte - 1)
+        store = self.aspace.pages
+        head_of = store.head
+        folio_flags = store.flags
+        remove_page = tlb.remove_page
+        anon_vma = vma.is_anon
+        force_flush = queue_full = dirty_flush = False
+        first = -1
+        last = 0
+        freed = 0
+        while True:
+            ent = entries[i]
+            if ent:
+                if ent & PTE_PRESENT:
+                    entries[i] = 0
+                    if first < 0:
+                        first = addr
+                        tlb.tlb_remove_tlb_entry(addr)
+                    last = addr
+                    if ent & PTE_SPECIAL:
+                        if emit is not None:
+                            emit("pte_clear", addr=addr, page=None, level="pte")
+                    else:
+                        pfn = ent >> 8
+                        head = head_of[pfn - PFN_BASE]
+                        flags = folio_flags[head]
+                        delay_rmap = 0
+                        dirty_file = False
+                        if not flags & F_ANON and ent & PTE_DIRTY:
+                            folio_flags[head] = flags | F_DIRTY
+                            dirty_file = True
+                            if tlb_delay_rmap(tlb):
+                                delay_rmap = DELAY_RMAP
+                                force_flush = dirty_flush = True
+                        if emit is not None:
+                            emit(
+                                "pte_clear",
+                                addr=addr,
+                                page=pfn,
+                                level="pte",
+                                rmap="batched" if delay_rmap else "now",
+                                dirty_file=dirty_file,
+                            )
+                        if not delay_rmap:
+                            if emit is not None:
+                                emit("rmap_remove_now", page=pfn)
+                            self.page_remove_rmap(pfn, False)
+                        freed += 1
+                        if remove_page(pfn, page_size, delay_rmap):
+                            force_flush = queue_full = True
+                            addr += page_size
+                            break
+                else:
+                    kind = ent & SWP_KIND
+                    if kind == SWP_SWAP:
+                        if details is not None and not details.even_cows:
+                            i += 1
+                            addr += page_size
+                            if addr == end:
+                                break
+                            continue
+                        self.free_swap_and_cache(ent >> 8)
+                        if emit is not None:
+                            emit("swap_free", addr=addr, entry=ent >> 8)
+                    elif kind == SWP_MARKER:
+                        drop = anon_vma or (details is not None and details.drop_marker)
+                        if not drop:
+                            i += 1
+                            addr += page_size
+                            if addr == end:
+                                break
+                            continue
+                    entries[i] = 0
+            i += 1
+            addr += page_size
+            if addr == end:
+                break
+        if last > first >= 0:
+            tlb.tlb_flush_pte_range(first, last - first + page_size)
+        self.rss_freed += freed
+        # Do the actual TLB flush before dropping ptl.
+        if force_flush:
+            if emit is not None:
+                emit("force_flush", dirty=dirty_flush, full=queue_full)
+            tlb.tlb_flush_mmu_tlbonly()
+            tlb.tlb_flush_rmaps(gvma)
+        if emit is not None:
+            emit("ptl_unlock", table=table.id)
+        # If we forced a TLB flush (either due to running out of batch
+        # buffers or because we needed to flush dirty TLB entries before
+        # releasing the ptl), free the batched memory too.
+        if force_flush:
+            tlb.tlb_flush_mmu()
+        if self.progress is not None:
+            self.progress(len(entries))
+        return addr
