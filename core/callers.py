@@ -529,9 +529,20 @@ class Teardown:
             self.deposited_freed += 1
 
     def split_huge_pmd(self, vma: MmVma, pmd_i: int) -> None:
-        """__split_huge_pmd(): map the THP's pages with PTEs from the deposited table."""
+        """__split_huge_pmd(): map an anon THP's pages with PTEs from the
+        deposited table.  A file THP is not remapped: its PMD is cleared and
+        flushed at once (pmdp_huge_clear_flush()), the page cache still has
+        the folio and a later fault maps what is needed."""
         aspace = self.aspace
         geo = self.geo
+        if not vma.is_anon:
+            orig = aspace.huge_pmds.pop(pmd_i)
+            pfn = orig >> 8
+            if not orig & PTE_SPECIAL:
+                self.page_remove_rmap(pfn, True)
+                self.put_page(aspace.pages.head[pfn - PFN_BASE])
+                self.flush_folio_frees()
+            return
         orig = aspace.huge_pmds.pop(pmd_i)
         table_id = aspace.deposited.pop(pmd_i, None)
         addr = pmd_i << geo.pmd_shift
@@ -872,13 +883,15 @@ class Teardown:
     def madvise_dontneed(self, start: int, end: int) -> None:
         """MADV_DONTNEED: zap_page_range_single() per VMA; tables stay."""
         for vma in [v for v in self.aspace.vmas if v.start < end and v.end > start]:
+            # madvise_walk_vmas() stops at the first VMA it refuses (EINVAL):
+            # VM_PFNMAP, or a hugetlb range not starting on a huge page.
             if vma.kind == "pfnmap":
-                continue  # madvise refuses VM_PFNMAP (EINVAL)
+                return
             lo, hi = max(start, vma.start), min(end, vma.end)
             if vma.is_hugetlb:
                 mask = vma.hpage_size - 1
                 if lo & mask:
-                    continue
+                    return
                 hi &= ~mask
                 if hi <= lo:
                     continue

@@ -48,8 +48,8 @@ HUGE_PUD = -2
 
 STATES = ("present", "swap", "swapcache", "zero", "migration", "marker", "hwpoison")
 OPS = ("exit", "munmap", "madvise_dontneed")
-#: The largest address a scenario may use: a 47-bit user address space.
-USER_TOP = 1 << 47
+#: The top of a scenario's address space: x86-64's TASK_SIZE_MAX, 2^47 - 4K.
+USER_TOP = (1 << 47) - 4096
 
 TOP_KEYS = {"name", "description", "vma", "op"}
 VMA_KEYS = {"name", "start", "end", "kind", "exec", "file", "pgoff", "hugepage_size", "populate"}
@@ -357,8 +357,55 @@ def resolve(name_or_path: str, page_size: int = 4096) -> Scenario:
     return load(name_or_path, page_size)
 
 
+def check_geometry(scenario: Scenario, geo: Geometry) -> None:
+    """The checks that depend on the arch's geometry: folio orders against
+    its PMD order, alignment to its huge page sizes, and the page cache (one
+    folio order per file page, folios at aligned file offsets)."""
+    path = scenario.path
+    pmd_order = geo.pmd_shift - geo.page_shift
+    cache: dict[tuple[str, int], int] = {}
+    for n, spec in enumerate(scenario.vmas):
+        key = f"vma[{n}]"
+        if spec.kind == "hugetlb":
+            size = geo.pmd_size if spec.hugepage_size == HUGE_PMD else geo.pud_size
+            if spec.start % size or spec.end % size:
+                raise ScenarioError(path, key, f"a hugetlb VMA must be aligned to {size:#x} "
+                                    "on this arch")
+            continue
+        for k, pop in enumerate(spec.populate):
+            pkey = f"{key}.populate[{k}]"
+            order = pmd_order if pop.folio_order == PMD_ORDER else pop.folio_order
+            if order > pmd_order:
+                raise ScenarioError(path, f"{pkey}.folio_order",
+                                    f"order {order} is above this arch's PMD order {pmd_order}")
+            if pop.pmd_mapped and order != pmd_order:
+                raise ScenarioError(path, f"{pkey}.pmd_mapped",
+                                    f"only a folio of this arch's PMD order ({pmd_order}) "
+                                    "maps with a PMD")
+            nr = 1 << order
+            folio_bytes = geo.page_size << order
+            if order and ((spec.start + pop.offset) % folio_bytes
+                          or (pop.pages * geo.page_size) % folio_bytes):
+                raise ScenarioError(path, pkey, f"folios of order {order} must start and end "
+                                    f"{folio_bytes:#x}-aligned on this arch")
+            if spec.kind not in ("file", "file-shared") or pop.state != "present":
+                continue
+            first = spec.pgoff + pop.offset // geo.page_size
+            if first % nr:
+                raise ScenarioError(path, pkey, f"file folios of order {order} sit at file "
+                                    f"offsets aligned to {nr} pages; this one starts at {first}")
+            step = nr if order else pop.every
+            for index in range(first, first + pop.pages, step):
+                have = cache.setdefault((spec.file, index), order)
+                if have != order:
+                    raise ScenarioError(path, pkey, f"page {index} of file {spec.file!r} is "
+                                        f"cached already as a folio of order {have}, not {order}")
+
+
 def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
-    """Materialise the scenario's address space for one arch geometry."""
+    """Materialise the scenario's address space for one arch geometry
+    (after :func:`check_geometry`)."""
+    check_geometry(scenario, geo)
     aspace = AddressSpace(geometry=geo)
     store = aspace.pages
     page_size = geo.page_size

@@ -99,7 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mmugather.core import mutants
     from mmugather.core.arch import ArchError, registry
     from mmugather.core.run import Progress, format_table, run_arch
-    from mmugather.core.scenario import ScenarioError, resolve
+    from mmugather.core.arch import make_machine
+    from mmugather.core.scenario import ScenarioError, check_geometry, resolve
 
     try:
         reg = registry()
@@ -112,6 +113,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.page_size and args.page_size not in spec.page_sizes:
                 raise ArchError(f"arch {spec.name!r} does not support --page-size {args.page_size}")
         scenario = resolve(args.scenario, page_size)
+        for spec in specs:
+            # What depends on the arch's geometry is checked before any output.
+            check_geometry(scenario, make_machine(spec, page_size=args.page_size).geometry)
     except (ArchError, ScenarioError, ValueError) as exc:
         return _error(str(exc))
     out = None
@@ -154,7 +158,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif args.mutant and not r.mutant_applies:
             print(f"\n{r.arch}: the mutant's ordering is not wrong on this arch: "
                   "no violation expected")
-    if not failed and not args.mutant:
+    if args.no_check:
+        print("\ninvariant checker off (--no-check)")
+    elif not failed and not args.mutant:
         print("\nno invariant violations")
     return EXIT_FAIL if failed else EXIT_OK
 
