@@ -1,0 +1,157 @@
+"""The replay benchmark: its generated input and the ``bench`` command.
+
+Behaviour only: nothing here asserts a timing (the figures live in
+docs/performance.md, written by ``mmugather bench --output``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import pytest
+from conftest import ARCHES
+from mmugather.core.arch import make_machine
+from mmugather.core.bench import (
+    END_MARK,
+    QUEUE_CAPACITY,
+    START_MARK,
+    add_bench_parser,
+    collect_events,
+    generate_ops,
+    stock_structlog_emit,
+    write_section,
+)
+from mmugather.core.events import make_emit
+from mmugather.core.replay import C_FINISH, C_FLUSH, C_GATHER, C_QUEUE, Compiled, parse
+
+#: Big enough for gathers that fill the whole queue (seed 0 has one).
+N_FULL, SEED_FULL = 60_000, 0
+
+
+def _compile(n: int, seed: int) -> list[Compiled]:
+    return parse(generate_ops(n, seed), f"generated(n={n}, seed={seed})", 4096)
+
+
+@pytest.fixture(scope="module")
+def big() -> list[Compiled]:
+    return _compile(N_FULL, SEED_FULL)
+
+
+def test_generated_file_is_valid_and_exactly_n_ops() -> None:
+    for n in (0, 1, 47, 48, 500, 5_000):
+        assert len(_compile(n, 3)) == n
+
+
+def test_generator_is_deterministic_for_a_seed() -> None:
+    first = b"".join(generate_ops(5_000, 7))
+    assert first == b"".join(generate_ops(5_000, 7))
+    assert first != b"".join(generate_ops(5_000, 8))
+
+
+def test_generator_mimics_the_kernel_callers(big: list[Compiled]) -> None:
+    ops = [op[2] for op in big]
+    # Pages make up most of the file: entry, batch_rmap query, queue.
+    assert ops.count("__tlb_remove_page_size") > len(ops) / 4
+    assert ops.count("tlb_remove_tlb_entry") >= ops.count("__tlb_remove_page_size")
+    # Both teardown flows: exit (fullmm) and munmap.
+    fullmm = [op[3] for op in big if op[1] == C_GATHER]
+    assert True in fullmm and False in fullmm
+    for name in (
+        "tlb_start_vma",
+        "tlb_end_vma",
+        "tlb_flush_rmaps",
+        "tlb_discard_rmaps",
+        "tlb_change_page_size",
+        "pte_free_tlb",
+        "tlb_finish_mmu",
+    ):
+        assert name in ops
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_generated_file_replays_without_a_bug(big: list[Compiled], arch: str) -> None:
+    events = collect_events(big, make_machine(arch))
+    names = {name for name, _ in events}
+    assert "bug" not in names
+    assert "warning" not in names
+
+
+def test_queue_is_flushed_when_full_and_never_overrun(big: list[Compiled]) -> None:
+    """On generic-smp every __tlb_remove_page_size that reports the queue
+    full is followed by tlb_flush_mmu (or the finish) before the next page."""
+    events = collect_events(big, make_machine("generic-smp"))
+    returns = [
+        fields["value"]
+        for name, fields in events
+        if name == "return" and fields["op"] == "__tlb_remove_page_size"
+    ]
+    queue_at = [i for i, op in enumerate(big) if op[1] == C_QUEUE]
+    assert len(returns) == len(queue_at)
+    full_at = [i for i, value in zip(queue_at, returns, strict=True) if value]
+    assert full_at, "the file should fill the queue at least once"
+    for i in full_at:
+        following = next(op[1] for op in big[i + 1 :] if op[1] in (C_QUEUE, C_FLUSH, C_FINISH))
+        assert following in (C_FLUSH, C_FINISH)
+    # The generator's own count of the queue agrees with the kernel's limit.
+    assert QUEUE_CAPACITY == 9_698
+
+
+def test_make_emit_writes_what_structlog_stock_path_writes(big: list[Compiled]) -> None:
+    """The lean event path is an optimisation only: the same bytes."""
+    events = collect_events(big[:20_000], make_machine("rcu-table-free"))
+    lean, stock = io.BytesIO(), io.BytesIO()
+    for emit in (make_emit(file=lean), stock_structlog_emit(stock)):
+        assert emit is not None
+        for name, fields in events:
+            emit(name, **dict(fields))
+    assert lean.getvalue() == stock.getvalue()
+    assert lean.getvalue().count(b"\n") == len(events)
+
+
+def test_write_section_replaces_only_the_marked_section(tmp_path: Path) -> None:
+    doc = tmp_path / "performance.md"
+    write_section(str(doc), "first\n")  # a new file
+    assert doc.read_text() == f"{START_MARK}\nfirst\n{END_MARK}\n"
+    doc.write_text(f"# Title\n\nintro\n\n{START_MARK}\nold\n{END_MARK}\n\n## After\n\nkept\n")
+    write_section(str(doc), "new figures\n")
+    section = f"{START_MARK}\nnew figures\n{END_MARK}\n"
+    assert doc.read_text() == f"# Title\n\nintro\n\n{section}\n## After\n\nkept\n"
+    (tmp_path / "plain.md").write_text("# Only prose")
+    write_section(str(tmp_path / "plain.md"), "appended")
+    assert (tmp_path / "plain.md").read_text() == (
+        f"# Only prose\n\n{START_MARK}\nappended\n{END_MARK}\n"
+    )
+
+
+def test_bench_command_writes_the_marked_section(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="mmugather")
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"# Performance\n\nHow to run it.\n\n{START_MARK}\nstale\n{END_MARK}\n")
+    for _ in range(2):
+        args = parser.parse_args(["bench", "--ops", "2000", "--repeat", "1", "--output", str(doc)])
+        assert args.func(args) == 0
+    out, err = capsys.readouterr()
+    assert "| replay, events to /dev/null" in out
+    assert "bench: generating 2,000 ops" in err
+    text = doc.read_text()
+    assert text.startswith("# Performance\n\nHow to run it.\n\n")
+    assert text.count(START_MARK) == 1 and text.count(END_MARK) == 1
+    section = text.split(START_MARK)[1].split(END_MARK)[0]
+    assert "stale" not in section
+    assert "2,000 ops" in section and "`generic-smp`" in section
+    assert "| (a) replay with events to /dev/null" in section
+    assert "| (b) events run at most 1.5x structlog alone" in section
+    assert "CPython" in section or "PyPy" in section
+
+
+def test_bench_command_rejects_an_unknown_arch(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="mmugather")
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--ops", "100", "--arch", "no-such-arch"])
+    assert args.func(args) == 2
+    assert "no-such-arch" in capsys.readouterr().err
