@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from mmugather.core import strategies
 from mmugather.core.arch import ArchError, ArchRegistry, ArchSpec, make_machine
 from mmugather.core.events import Collector, make_emit
 from mmugather.core.gather import MmuGather, tlb_gather_mmu, tlb_gather_mmu_fullmm
@@ -467,3 +468,78 @@ def test_tlb_remove_table_sync_one_in_the_single_table_fallback() -> None:
     tlb.pte_free_tlb(99, VMA.start)
     assert "ipi_sync" not in names(collector)
     assert collector.named("table_free") == [{"tables": [99], "event": "table_free"}]
+
+
+def test_tlb_next_batch_allowed_false_reports_a_full_bundle() -> None:
+    """Hook ``tlb_next_batch_allowed``: generic allows; ``False`` makes the
+    queue full when the bundle fills; the legacy strategy refuses only
+    beyond the bundle, while delayed rmaps are pending."""
+    machine, collector = make("generic-smp", detail=True)
+    tlb = tlb_gather_mmu(machine, MmStruct())
+    queue(tlb, *range(1, 9))  # the bundle (8) fills: a batch page follows
+    assert collector.named("batch_next")[-1]["allocated"] is True
+
+    class Refuse:
+        @hookimpl
+        def tlb_next_batch_allowed(self, tlb: MmuGather) -> bool:
+            return False
+
+    machine, collector = make("generic-smp", Refuse())
+    tlb = tlb_gather_mmu(machine, MmStruct())
+    queue(tlb, *range(1, 8))
+    tlb.tlb_remove_tlb_entry(VMA.start)
+    assert tlb.remove_page(8, PAGE, 0) is True  # full: no batch page asked for
+    assert not collector.named("batch_alloc")
+
+    from mmugather.plugins import rmap_legacy
+
+    machine, collector = make("generic-smp", rmap_legacy)
+    tlb = tlb_gather_mmu(machine, MmStruct())
+    tlb.tlb_remove_tlb_entry(VMA.start)
+    assert rmap_legacy.tlb_delay_rmap(tlb) and tlb.delayed_rmap
+    assert not tlb.remove_page(1, PAGE, rmap_legacy.DELAY_RMAP)
+    queue(tlb, *range(2, 9))  # the bundle may still move on to a batch page
+    assert tlb.active is not tlb.local
+    tlb.tlb_remove_tlb_entry(VMA.start)
+    fills = [tlb.remove_page(p, PAGE, 0) for p in range(9, 9 + tlb.active.max)]
+    assert fills[-1] is True and not any(fills[:-1])  # ... but no further
+
+
+def test_tlb_free_batch_generic_chunks_and_ranges_frees_ranges() -> None:
+    """Hook ``tlb_free_batch``: generic frees each batch's pages in
+    ``free_pages`` chunks; a plugin can take over; the ranges strategy's
+    entries go to ``free_ranges``."""
+    machine, collector = make("generic-smp")
+    tlb = tlb_gather_mmu(machine, MmStruct())
+    queue(tlb, *range(1, 12))
+    tlb.tlb_flush_mmu()
+    assert [e["pages"] for e in collector.named("free_pages")] == [
+        list(range(1, 9)),
+        list(range(9, 12)),
+    ]
+
+    freed: list[int] = []
+
+    class Mine:
+        @hookimpl
+        def tlb_free_batch(self, tlb: MmuGather, batch: Any) -> bool:
+            freed.extend(batch.pages[: batch.nr])
+            batch.nr = 0
+            return True
+
+    machine, collector = make("generic-smp", Mine())
+    tlb = tlb_gather_mmu(machine, MmStruct())
+    queue(tlb, 5, 6, 7)
+    tlb.tlb_flush_mmu()
+    assert freed == [5, 6, 7] and not collector.named("free_pages")
+    assert tlb.local.nr == 0
+
+    # ranges without a folio model: every page is a folio (a range) of its own
+    machine, collector = make("generic-smp", *strategies.get("ranges").plugins)
+    tlb = tlb_gather_mmu(machine, MmStruct())
+    queue(tlb, 5, 6, 7)
+    tlb.tlb_flush_mmu()
+    assert collector.named("free_ranges") == [
+        {"ranges": [[5, 1], [6, 1], [7, 1]], "event": "free_ranges"}
+    ]
+    assert not collector.named("free_pages")
