@@ -196,6 +196,8 @@ class EventLogger(structlog.BoundLoggerBase):
         super().__init__(logger, processors, context)
         #: the processor chain, fixed for this logger
         self._chain: tuple[Processor, ...] = tuple(processors)
+        #: the chain's only processor (the renderer of a plain replay), or None
+        self._only: Processor | None = self._chain[0] if len(self._chain) == 1 else None
 
     def info(self, event: str, **fields: Any) -> Any:
         event_dict: Any = fields
@@ -204,11 +206,11 @@ class EventLogger(structlog.BoundLoggerBase):
             event_dict.update(fields)
         event_dict["event"] = event
         logger = self._logger
-        processors = self._chain
+        only = self._only
         try:
-            if len(processors) == 1:  # the renderer alone: a plain replay
-                return logger.info(processors[0](logger, "info", event_dict))
-            for processor in processors:
+            if only is not None:
+                return logger.info(only(logger, "info", event_dict))
+            for processor in self._chain:
                 event_dict = processor(logger, "info", event_dict)
         except structlog.DropEvent:
             return None
