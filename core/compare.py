@@ -139,21 +139,22 @@ def format_compare(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_plot(doc: dict[str, Any], path: str) -> None:
-    """A PNG bar chart: per arch, the cost counters of each strategy as a
-    ratio to the first strategy's (raises ImportError without matplotlib)."""
+def write_plot(docs: dict[str, Any] | Sequence[dict[str, Any]], path: str) -> None:
+    """A PNG bar chart: per scenario (one :func:`compare` document each) and
+    arch, the cost counters of each strategy as a ratio to the first
+    strategy's, labelled with the absolute counts (raises ImportError
+    without matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = doc["strategies"]
-    arches = doc["arches"]
-    labels = {c["key"]: c["label"] for c in doc["counters"]}
-    fig, axes = plt.subplots(
-        len(arches), 1, figsize=(12, 4.2 * len(arches)), squeeze=False
-    )
-    for ax, arch in zip(axes[:, 0], arches, strict=True):
+    docs = [docs] if isinstance(docs, dict) else list(docs)
+    panels = [(doc, arch) for doc in docs for arch in doc["arches"]]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 4.2 * len(panels)), squeeze=False)
+    for ax, (doc, arch) in zip(axes[:, 0], panels, strict=True):
+        names = doc["strategies"]
+        labels = {c["key"]: c["label"] for c in doc["counters"]}
         runs = {r["strategy"]: r for r in doc["runs"] if r["arch"] == arch}
         base = runs[doc["baseline"]]["stats"]
         keys = [
@@ -161,27 +162,36 @@ def write_plot(doc: dict[str, Any], path: str) -> None:
             if base.get(k, 0) or any(runs[n]["stats"].get(k, 0) for n in names)
         ]
         width = 0.8 / max(len(names), 1)
+        top = 1.0
         for j, name in enumerate(names):
             values = []
             for k in keys:
                 b = base.get(k, 0)
                 v = runs[name]["stats"].get(k, 0)
-                # No baseline: show 0 as 0 and anything else as 1 ("new").
+                # No baseline: 0 stays 0, anything else is drawn at 1, hatched.
                 values.append(v / b if b else (1.0 if v else 0.0))
+            top = max(top, *values)
             xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(keys))]
             bars = ax.bar(xs, values, width, label=name)
             for bar, k in zip(bars, keys, strict=True):
                 v = runs[name]["stats"].get(k, 0)
+                if v and not base.get(k, 0):
+                    bar.set_hatch("//")
                 ax.annotate(
                     f"{v:,}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=6, rotation=90,
                 )
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_ylim(0, top * 1.3)
         ax.set_xticks(range(len(keys)))
         ax.set_xticklabels([labels[k] for k in keys], rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(f"ratio to {doc['baseline']}")
-        ax.set_title(f"{doc['scenario']} on {arch} (bar labels: absolute counts)")
-        ax.legend(fontsize=8)
+        ax.set_title(
+            f"{doc['scenario']} on {arch}: bar labels are the counts; hatched where "
+            f"{doc['baseline']} counts 0",
+            fontsize=10,
+        )
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
