@@ -193,6 +193,17 @@ def emitted_events() -> list[dict[str, Any]]:
     return events
 
 
+#: Fields any event may carry, documented once under "Common fields".
+COMMON_FIELDS = ("arch",)
+
+
+def test_common_fields_are_documented() -> None:
+    text = (DOCS / "events.md").read_text()
+    common = text.split("## Common fields", 1)[1].split("\n## ", 1)[0]
+    for field in COMMON_FIELDS:
+        assert f"`{field}`" in common
+
+
 def test_emitted_fields_are_documented() -> None:
     documented = sections("events.md")
     fields = {name: table_first_column(body) for name, body in documented.items()}
@@ -204,7 +215,7 @@ def test_emitted_fields_are_documented() -> None:
         if name not in documented:
             problems.add(f"{name}: emitted but not documented")
             continue
-        for key in set(event) - {"event"} - fields[name]:
+        for key in set(event) - {"event", *COMMON_FIELDS} - fields[name]:
             problems.add(f"{name}: field {key!r} is emitted but not documented")
     assert not problems, "\n".join(sorted(problems))
     # The sample is meant to be broad: most documented events really occur.
