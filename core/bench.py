@@ -706,9 +706,28 @@ def format_report(r: BenchResult) -> str:
                 _rate(r.events, r.command.wall),
             )
         )
+
+    def met(ok: bool) -> str:
+        return "yes" if ok else "no"
+
     events_ops = r.ops_per_s(r.replay_events.wall)
-    met_a = events_ops >= TARGET_OPS_PER_S
-    met_b = r.ratio <= TARGET_RATIO
+    targets = [
+        f"| (a) at least {TARGET_OPS_PER_S:,} ops/s with events to /dev/null: the replay "
+        f"(`run`, the file parsed) | {events_ops:,.0f} ops/s | "
+        f"{met(events_ops >= TARGET_OPS_PER_S)} |",
+    ]
+    if r.command is not None:
+        command_ops = r.ops_per_s(r.command.wall)
+        targets.append(
+            "| (a) the same, read as the whole command (start-up, parse and replay) | "
+            f"{command_ops:,.0f} ops/s | {met(command_ops >= TARGET_OPS_PER_S)} |"
+        )
+    targets.append(
+        f"| (b) the events run at most {TARGET_RATIO}x structlog alone | {r.ratio:.2f}x "
+        f"(CPU: {r.replay_events.cpu / r.structlog.cpu:.2f}x; against structlog's stock "
+        f"path: {r.replay_events.wall / r.structlog_stock.wall:.2f}x) | "
+        f"{met(r.ratio <= TARGET_RATIO)} |"
+    )
     lines = [
         f"Input: {r.ops:,} ops generated with seed {r.seed}: {r.gathers:,} gathers, "
         f"{r.pages:,} pages queued; replayed on `{r.arch}`, {r.events:,} events "
@@ -725,10 +744,7 @@ def format_report(r: BenchResult) -> str:
         "",
         "| target | figure | met |",
         "| --- | --- | --- |",
-        f"| (a) replay with events to /dev/null: at least {TARGET_OPS_PER_S:,} ops/s | "
-        f"{events_ops:,.0f} ops/s | {'yes' if met_a else 'no'} |",
-        f"| (b) events run at most {TARGET_RATIO}x structlog alone | {r.ratio:.2f}x "
-        f"(CPU: {r.replay_events.cpu / r.structlog.cpu:.2f}x) | {'yes' if met_b else 'no'} |",
+        *targets,
         "",
         f"Measured {r.date}: {r.machine.get('python', '?')} on {r.machine.get('platform', '?')}; "
         f"CPU: {r.machine.get('cpu', '?')}; {r.machine.get('libraries', '?')}.",
@@ -789,8 +805,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="time the replay on a generated, kernel-shaped replay file",
         description="Generate a replay-v1 file of exit and munmap flows, then time: parsing "
         "and validating it, replaying it with events off, replaying it with the events to "
-        "/dev/null, and structlog alone writing the same events (the events overhead "
-        "ratio). Each figure is the best of --repeat runs; progress goes to stderr.",
+        "/dev/null, structlog alone writing the same events (the events overhead ratio), "
+        "structlog's stock path (for reference) and the whole 'mmugather replay' command. "
+        "Each figure is the best of --repeat runs; progress goes to stderr.",
     )
     bp.add_argument("--ops", type=int, default=1_000_000, metavar="N", help="ops (1,000,000)")
     bp.add_argument("--arch", default="generic-smp", help="arch configuration (generic-smp)")
@@ -804,3 +821,16 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     bp.set_defaults(func=cmd_bench)
     return bp
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mmugather.core.bench``: the ``bench`` command on its own."""
+    parser = argparse.ArgumentParser(prog="python -m mmugather.core.bench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_bench_parser(sub)
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
