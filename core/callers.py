@@ -295,6 +295,56 @@ class Teardown:
         if unmapped and mapped and store.flags[head] & F_ANON:
             self.deferred_split_folio(head)
 
+    # ------------------------------------------------------------------
+    # The ``folio-batch`` strategy (upstream v6.9): folio_remove_rmap_ptes()
+    # ------------------------------------------------------------------
+
+    def folio_remove_rmap_ptes(self, first: int, nr: int) -> None:
+        """folio_remove_rmap_ptes(folio, page, nr, vma) of v6.9
+        (``__folio_remove_rmap()``, RMAP_LEVEL_PTE): each page's ``_mapcount``
+        and, for each page whose last PTE mapping went, one
+        ``atomic_dec_return()`` on ``_nr_pages_mapped``; a large anonymous
+        folio left partly mapped is queued for a deferred split (any large
+        folio, not only PMD-sized ones)."""
+        store = self.aspace.pages
+        idx = first - PFN_BASE
+        head = store.head[idx]
+        mapcount = store.mapcount
+        report = self.report
+        if not store.order[head]:
+            left = mapcount[idx] - 1
+            mapcount[idx] = left
+            if left < 0 and report is not None:
+                report("mapcount", f"page {first:#x}: mapcount fell below zero")
+            return
+        unmapped = 0
+        for i in range(idx, idx + nr):
+            left = mapcount[i] - 1
+            mapcount[i] = left
+            if left == 0:
+                unmapped += 1
+            elif left < 0 and report is not None:
+                report("mapcount", f"page {PFN_BASE + i:#x}: mapcount fell below zero")
+        store.nr_mapped[head] -= unmapped
+        mapped = self.folio_pages_mapped(head)
+        if self.emit is not None:
+            self.emit("large_folio_rmap", folio=PFN_BASE + head, pages=nr,
+                      folio_atomics=unmapped, mapped=mapped)
+        if store.entire_mapcount[head] > 0:
+            return  # still mapped whole by a PMD: no page counted unmapped
+        if unmapped and mapped and store.flags[head] & F_ANON:
+            self.deferred_split_folio(head)
+
+    def gather_remove_rmap_ptes(self, first: int, nr: int, vma: Vma) -> None:
+        """tlb_flush_rmaps() of v6.9 removed the delayed rmaps of ``nr``
+        pages of one folio from ``first`` (one folio_remove_rmap_ptes())."""
+        observer = self.rmap_observer
+        if observer is not None:
+            start = vma.start
+            for page in range(first, first + nr):
+                observer(page, start)
+        self.folio_remove_rmap_ptes(first, nr)
+
     def release_ranges(self, ranges: Sequence[tuple[int, int]]) -> None:
         """free_folios_and_swap_cache() of the series: free_swap_cache() once
         per range, then folios_put_refs(): one reference per page of the

@@ -144,6 +144,7 @@ class Checker:
             "rmap_remove": self._rmap_remove,
             "rmap_remove_range": self._rmap_remove_range,
             "rmap_remove_now": self._rmap_remove_now,
+            "rmap_remove_ptes": self._rmap_remove_ptes,
             "free_pages": self._free_pages,
             "free_ranges": self._free_ranges,
             "free_page": self._free_page,
@@ -339,6 +340,12 @@ class Checker:
 
     def _rmap_remove_now(self, ev: dict[str, Any]) -> None:
         self._remove_rmap(ev["page"])
+
+    def _rmap_remove_ptes(self, ev: dict[str, Any]) -> None:
+        """The ``folio-batch`` caller removed a run's rmaps at once."""
+        first = ev["first"]
+        for page in range(first, first + ev["nr"]):
+            self._remove_rmap(page)
 
     def _freed(self, page: int) -> None:
         if not self.saw_callers:

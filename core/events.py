@@ -71,6 +71,7 @@ CALLER_EVENTS = frozenset(
         "folio_free",
         "deferred_split",
         "large_folio_rmap",
+        "rmap_remove_ptes",
         "force_flush",
         "violation",
     }

@@ -71,6 +71,7 @@ class RunStats:
             "rmap_remove_now": self._rmap_now,
             "rmap_walk": self._rmap_walk,
             "rmap_remove_range": self._rmap_range,
+            "rmap_remove_ptes": self._rmap_ptes,
             "large_folio_rmap": self._large_rmap,
             "force_flush": self._force_flush,
             "free_pages": self._free_pages,
@@ -149,6 +150,13 @@ class RunStats:
         c["rmap_batched"] += nr
         c["rmap_calls"] += 1
         c["mapcount_atomics"] += nr  # one _mapcount per page of the range
+
+    def _rmap_ptes(self, ev: dict[str, Any]) -> None:
+        c = self.c
+        nr = ev["nr"]
+        c["rmap_now"] += nr
+        c["rmap_calls"] += 1
+        c["mapcount_atomics"] += nr  # one _mapcount per page of the run
 
     def _large_rmap(self, ev: dict[str, Any]) -> None:
         self.c["mapcount_atomics"] += ev["folio_atomics"]

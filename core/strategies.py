@@ -24,8 +24,8 @@ import attrs
 
 DEFAULT_STRATEGY = "pointer"
 
-#: caller flavour -> the Teardown class whose zap_pte_range() it is
-CALLERS = ("seed", "legacy")
+#: caller flavours: which zap_pte_range() (see Strategy.teardown_class)
+CALLERS = ("seed", "legacy", "folio-batch")
 
 
 @attrs.frozen
@@ -36,10 +36,13 @@ class Strategy:
     kernel: str
     #: engine plugins registered over the arch's (replacing rmap_pointer)
     plugins: tuple[ModuleType, ...]
-    #: which zap_pte_range(): "seed" (core/callers.py) or "legacy"
+    #: which zap_pte_range(): "seed" (core/callers.py), "legacy" or
+    #: "folio-batch" (core/strategy_callers.py)
     caller: str
     #: why a replay cannot run under it; "" when it can
     no_replay: str = ""
+    #: it changes only arches whose rmap removal is batched (SMP, gathering)
+    batched_only: bool = True
 
     def teardown_class(self) -> type:
         """The Teardown (sub)class of this strategy's caller."""
@@ -47,13 +50,17 @@ class Strategy:
             from mmugather.core.strategy_callers import LegacyTeardown
 
             return LegacyTeardown
+        if self.caller == "folio-batch":
+            from mmugather.core.strategy_callers import FolioBatchTeardown
+
+            return FolioBatchTeardown
         from mmugather.core.callers import Teardown
 
         return Teardown
 
 
 def _strategies() -> dict[str, Strategy]:
-    from mmugather.plugins import rmap_legacy, rmap_ranges
+    from mmugather.plugins import rmap_folio_batch, rmap_legacy, rmap_ranges
 
     return {
         s.name: s
@@ -89,6 +96,18 @@ def _strategies() -> dict[str, Strategy]:
                 "seed",
                 no_replay="a replay file records page ids, not folios: the ranges strategy "
                 "needs page_folio() and folio_nr_pages() to bound its runs",
+            ),
+            Strategy(
+                "folio-batch",
+                "upstream (v6.9): legacy's delayed rmaps, plus the caller batching the PTEs "
+                "of a large folio: one folio_remove_rmap_ptes() and one "
+                "__tlb_remove_folio_pages() (page + nr_pages entries) per run; on every arch",
+                "v6.9 mm/memory.c (zap_present_ptes), mm/mmu_gather.c "
+                "(__tlb_remove_folio_pages_size), mm/rmap.c (__folio_remove_rmap): "
+                "\"mm/memory: optimize unmap/zap with PTE-mapped THP\" (David Hildenbrand)",
+                (rmap_folio_batch,),
+                "folio-batch",
+                batched_only=False,
             ),
         )
     }

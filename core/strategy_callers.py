@@ -3,8 +3,9 @@ as the kernel code each strategy models has it.
 
 :class:`Teardown` (``core/callers.py``) is the seed patch's caller, used by
 ``pointer`` and ``ranges``.  :class:`LegacyTeardown` is v6.5 before the seed
-patch (``mm/memory.c``, ``/tmp/k/mm_memory.c``), for ``legacy``.  Everything
-but the per-PTE-table loop is inherited.
+patch (``mm/memory.c``), for ``legacy``; :class:`FolioBatchTeardown` is v6.9's
+(PTE batching of large folios), for ``folio-batch``.  Everything but the
+per-PTE-table loop is inherited.
 """
 
 from __future__ import annotations
@@ -170,6 +171,153 @@ class LegacyTeardown(Teardown):
         # If we forced a TLB flush (either due to running out of batch
         # buffers or because we needed to flush dirty TLB entries before
         # releasing the ptl), free the batched memory too.
+        if force_flush:
+            tlb.tlb_flush_mmu()
+        if self.progress is not None:
+            self.progress(len(entries))
+        return addr
+
+
+class FolioBatchTeardown(LegacyTeardown):
+    """The v6.9 ``zap_pte_range()`` (``zap_present_ptes()``,
+    ``zap_present_folio_ptes()``), for the ``folio-batch`` strategy.
+
+    As ``legacy`` (only dirty file pages delayed, no discard, rmaps flushed
+    only with a forced flush), but the consecutive PTEs that map consecutive
+    pages of one large folio are handled as one run (``folio_pte_batch()``:
+    dirty and young bits may differ): one ``folio_remove_rmap_ptes()`` and
+    one ``__tlb_remove_folio_pages()`` for the run; the folio is dirtied, and
+    the run's rmap removal delayed, if any of its PTEs was dirty.
+    """
+
+    def zap_pte_range(
+        self,
+        tlb: MmuGather,
+        vma: MmVma,
+        pmd_i: int,
+        addr: int,
+        end: int,
+        details: ZapDetails | None,
+    ) -> int:
+        """Clear the PTEs of one table in [addr, end), under its lock."""
+        from mmugather.plugins.rmap_folio_batch import remove_folio_pages
+
+        geo = self.geo
+        page_size = geo.page_size
+        page_shift = geo.page_shift
+        tlb.tlb_change_page_size(page_size)
+        table = self.aspace.pte_tables.get(pmd_i)
+        if table is None:
+            return addr
+        emit = self.emit
+        gvma = vma.gvma
+        if emit is not None:
+            emit("ptl_lock", table=table.id, vma_start=vma.start)
+        entries = table.entries
+        i = (addr >> page_shift) & (geo.ptrs_per_pte - 1)
+        store = self.aspace.pages
+        head_of = store.head
+        order_of = store.order
+        folio_flags = store.flags
+        remove_folio = remove_folio_pages(tlb)
+        anon_vma = vma.is_anon
+        force_flush = queue_full = dirty_flush = False
+        first = -1
+        last = 0
+        freed = 0
+        while True:
+            ent = entries[i]
+            nr = 1
+            if ent:
+                if ent & PTE_PRESENT:
+                    if first < 0:
+                        first = addr
+                        tlb.tlb_remove_tlb_entry(addr)
+                    if ent & PTE_SPECIAL:
+                        entries[i] = 0
+                        last = addr
+                        if emit is not None:
+                            emit("pte_clear", addr=addr, page=None, level="pte")
+                    else:
+                        pfn = ent >> 8
+                        head = head_of[pfn - PFN_BASE]
+                        flags = folio_flags[head]
+                        order = order_of[head]
+                        if order and end - addr > page_size:
+                            # folio_pte_batch(): the next present PTEs that
+                            # map the next pages of this folio.
+                            max_nr = min((end - addr) >> page_shift,
+                                         PFN_BASE + head + (1 << order) - pfn)
+                            while nr < max_nr:
+                                e = entries[i + nr]
+                                if (not e & PTE_PRESENT or e & PTE_SPECIAL
+                                        or e >> 8 != pfn + nr):
+                                    break
+                                nr += 1
+                        anon = flags & F_ANON
+                        dirty = [bool(entries[i + k] & PTE_DIRTY) for k in range(nr)]
+                        for k in range(nr):
+                            entries[i + k] = 0
+                        last = addr + (nr - 1) * page_size
+                        delay_rmap = 0
+                        if not anon and any(dirty):
+                            folio_flags[head] = flags | F_DIRTY
+                            if tlb_delay_rmap(tlb):
+                                delay_rmap = DELAY_RMAP
+                                force_flush = dirty_flush = True
+                        if emit is not None:
+                            rmap = "batched" if delay_rmap else "now"
+                            for k in range(nr):
+                                emit("pte_clear", addr=addr + k * page_size, page=pfn + k,
+                                     level="pte", rmap=rmap, dirty_file=not anon and dirty[k])
+                        if not delay_rmap:
+                            if emit is not None:
+                                if nr == 1:
+                                    emit("rmap_remove_now", page=pfn)
+                                else:
+                                    emit("rmap_remove_ptes", folio=PFN_BASE + head, first=pfn,
+                                         nr=nr)
+                            self.folio_remove_rmap_ptes(pfn, nr)
+                        freed += nr
+                        if remove_folio(pfn, nr, delay_rmap):
+                            force_flush = queue_full = True
+                            addr += nr * page_size
+                            break
+                else:
+                    kind = ent & SWP_KIND
+                    if kind == SWP_SWAP:
+                        if details is not None and not details.even_cows:
+                            i += 1
+                            addr += page_size
+                            if addr == end:
+                                break
+                            continue
+                        self.free_swap_and_cache(ent >> 8)
+                        if emit is not None:
+                            emit("swap_free", addr=addr, entry=ent >> 8)
+                    elif kind == SWP_MARKER:
+                        drop = anon_vma or (details is not None and details.drop_marker)
+                        if not drop:
+                            i += 1
+                            addr += page_size
+                            if addr == end:
+                                break
+                            continue
+                    entries[i] = 0
+            i += nr
+            addr += nr * page_size
+            if addr == end:
+                break
+        if last > first >= 0:
+            tlb.tlb_flush_pte_range(first, last - first + page_size)
+        self.rss_freed += freed
+        if force_flush:
+            if emit is not None:
+                emit("force_flush", dirty=dirty_flush, full=queue_full)
+            tlb.tlb_flush_mmu_tlbonly()
+            tlb.tlb_flush_rmaps(gvma)
+        if emit is not None:
+            emit("ptl_unlock", table=table.id)
         if force_flush:
             tlb.tlb_flush_mmu()
         if self.progress is not None:

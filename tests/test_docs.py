@@ -189,6 +189,7 @@ def emitted_events() -> list[dict[str, Any]]:
         assert replay(edge, "rcu-table-free").bug == "!tlb->end"
         caller_run(status=0)
         caller_run("--arch", "generic-smp", "--strategy", "ranges", status=0)
+        caller_run("--arch", "generic-smp", "--strategy", "folio-batch", status=0)
         caller_run("--arch", "generic-smp", "--mutant", "free-before-flush", status=1)
     return events
 

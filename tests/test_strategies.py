@@ -115,14 +115,18 @@ def test_pointer_walks_only_what_was_queued_since_the_last_discard(
     assert watch.walks and not watch.wrong, watch.wrong[:5]
 
 
+@pytest.mark.parametrize("strategy", ["legacy", "folio-batch"])
 @pytest.mark.parametrize("arch", BATCHING)
 @pytest.mark.parametrize("scenario", SMALL)
-def test_legacy_walks_the_bundle_and_the_active_batch(scenario: str, arch: str) -> None:
-    """Under ``legacy`` a walk happens only with a forced flush, and visits
-    every entry of ``tlb->local`` and ``tlb->active`` when delayed rmaps are
-    pending (removing the flagged ones), nothing otherwise."""
+def test_legacy_walks_the_bundle_and_the_active_batch(
+    scenario: str, arch: str, strategy: str
+) -> None:
+    """Under ``legacy`` (and upstream's ``folio-batch``, which kept it) a
+    walk happens only with a forced flush, and visits every entry of
+    ``tlb->local`` and ``tlb->active`` when delayed rmaps are pending
+    (removing the flagged ones), nothing otherwise."""
     watch = LegacyWalk()
-    run_arch(resolve(scenario), registry().get(arch), strategy="legacy", check=False,
+    run_arch(resolve(scenario), registry().get(arch), strategy=strategy, check=False,
              stats=False, detail=True, extra_observers=[watch])
     assert not watch.wrong, watch.wrong[:5]
     assert watch.walks == watch.forced
@@ -173,6 +177,8 @@ def test_ranges_no_spurious_deferred_split_for_whole_thps() -> None:
     assert got["legacy"]["deferred_split_spurious"] == 4
     assert got["ranges"]["deferred_split"] == 0
     assert got["ranges"]["rmap_calls"] == 4
+    assert got["folio-batch"]["deferred_split"] == 0
+    assert got["folio-batch"]["rmap_calls"] == 4
 
 
 @pytest.mark.parametrize("scenario", ["thp-pte", "mthp-64k", "munmap-large"])
@@ -254,11 +260,15 @@ def test_every_strategy_passes_the_checker(strategy: str, arch: str) -> None:
 @pytest.mark.parametrize("arch", ["up", "s390"])
 @pytest.mark.parametrize("scenario", [*NEW, "default"])
 def test_strategies_are_the_same_where_rmaps_are_not_batched(arch: str, scenario: str) -> None:
-    """``up`` and ``s390`` do not batch rmap removal: every strategy emits
-    the very same events there."""
+    """``up`` and ``s390`` do not batch rmap removal: every strategy that
+    only changes the batching emits the very same events there (not
+    ``folio-batch``, whose PTE batching is in every configuration's
+    ``zap_pte_range()``)."""
     spec = registry().get(arch)
     streams = []
     for strategy in STRATEGIES:
+        if not strategies.get(strategy).batched_only:
+            continue
         collector = Collector()
         run_arch(resolve(scenario), spec, strategy=strategy, detail=True,
                  extra_observers=[collector])
@@ -393,3 +403,65 @@ def test_replay_strategy_ranges_is_refused(
     assert captured.out == ""
     assert "strategy 'ranges' cannot run a replay" in captured.err
     assert main(["replay", str(path), "--strategy", "nope"]) == 2
+
+
+# ---------------------------------------------------------------------------
+# folio-batch (upstream v6.9)
+# ---------------------------------------------------------------------------
+
+
+def test_folio_batch_queues_a_run_as_page_and_nr_pages() -> None:
+    """__tlb_remove_folio_pages(): a run takes two entries, a single page one;
+    a batch is full at max - 1 entries, so order-0 pages fill the queue at
+    7 + 19 * 509 = 9,678 pages instead of 9,698."""
+    from mmugather.plugins import rmap_folio_batch
+
+    collector = Collector()
+    emit = make_emit(observers=[collector])
+    machine = make_machine("generic-smp", emit=emit, strategy="folio-batch")
+    tlb = tlb_gather_mmu(machine, MmStruct())
+    tlb.tlb_remove_tlb_entry(0x400000)
+    remove = rmap_folio_batch.remove_folio_pages(tlb)
+    assert not remove(100, 16, 0)
+    assert not tlb.remove_page(200, 4096, 0)
+    assert tlb.local.nr == 3
+    assert tlb.local.pages[:3] == [100, 16, 200]
+    assert tlb.local.flags[:3] == [rmap_folio_batch.NR_PAGES_NEXT, 0, 0]
+    tlb.tlb_flush_mmu()
+    assert collector.named("free_ranges") == [
+        {"ranges": [[100, 16], [200, 1]], "event": "free_ranges"}
+    ]
+    tlb = tlb_gather_mmu(machine, MmStruct())
+    tlb.tlb_remove_tlb_entry(0x400000)
+    full = [tlb.remove_page(p, 4096, 0) for p in range(1, 9679)]
+    assert full.index(True) == 9677 and full.count(True) == 1
+
+
+@pytest.mark.parametrize("scenario", ["mthp-64k", "thp-pte", "munmap-large"])
+def test_folio_batch_one_rmap_call_per_run(scenario: str) -> None:
+    pointer, batch = stats(scenario, "pointer"), stats(scenario, "folio-batch")
+    assert batch["rmap_calls"] < 0.6 * pointer["rmap_calls"]
+    assert batch["rmap_batched"] + batch["rmap_now"] == pointer["rmap_batched"]
+    assert batch["folio_puts"] == batch["rmap_calls"]
+    # v6.9 still updates _nr_pages_mapped once per page
+    assert batch["mapcount_atomics"] == pointer["mapcount_atomics"]
+    assert batch["deferred_split"] == 0
+
+
+def test_folio_batch_changes_up_and_s390_too() -> None:
+    """The PTE batching is in zap_pte_range() for every configuration: on
+    ``up`` the run's rmaps go at once in one call; on ``s390`` the run is
+    freed at once in one free_pages_and_swap_cache()."""
+    for arch in ("up", "s390"):
+        legacy, batch = stats("thp-pte", "legacy", arch), stats("thp-pte", "folio-batch", arch)
+        folios = batch["folios_freed"]  # 8 THPs; 16 on s390, whose PMD maps 1 MiB
+        assert legacy["rmap_calls"] == 4096 and batch["rmap_calls"] == folios
+        assert batch["pages_freed"] == legacy["pages_freed"] == 4096
+    assert stats("thp-pte", "folio-batch", "s390")["free_calls"] == 16
+
+
+def test_replay_strategy_folio_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Single-page ops replay under upstream's code: as legacy here."""
+    status, out = _replay(tmp_path, capsys, "--strategy", "folio-batch")
+    removed = [json.loads(x)["page"] for x in out.splitlines() if '"rmap_remove"' in x]
+    assert status == 0 and removed == [2]
