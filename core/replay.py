@@ -8,6 +8,7 @@ list of tuples; only then does anything run, so bad input writes nothing.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import IO, Any, NoReturn
 
@@ -42,6 +43,9 @@ class ReplayError(Exception):
         where = f"{path}:{line}" if line is not None else path
         super().__init__(f"{where}: {reason}")
 
+
+#: A "0x..." string: hex digits only (no sign, no underscores).
+_HEX = re.compile(r"0[xX][0-9a-fA-F]+")
 
 # Field kinds.
 ADDR = "address"  # 0..2^64-1, int or "0x..." string
@@ -160,15 +164,12 @@ def _integer(field: str, value: Any, lo: int, hi: int, hex_ok: bool) -> int:
         want = "a non-negative integer" + (' or a "0x..." string' if hex_ok else "")
         raise ValueError(f"field {field!r} must be {want}, not {_type_name(value)}")
     if isinstance(value, str):
+        if not hex_ok:
+            raise ValueError(f"field {field!r} must be a non-negative integer, not a string")
         text = value.strip()
-        if not hex_ok or text[:2].lower() != "0x":
+        if not _HEX.fullmatch(text):
             raise ValueError(f'field {field!r}: {value!r} is not an integer nor a "0x..." string')
-        try:
-            value = int(text[2:], 16)
-        except ValueError:
-            raise ValueError(f"field {field!r}: {value!r} is not a hexadecimal number") from None
-        if text[2:3] in ("+", "-", "_", ""):
-            raise ValueError(f"field {field!r}: {value!r} is not a hexadecimal number")
+        value = int(text[2:], 16)
     if not lo <= value <= hi:
         raise ValueError(f"field {field!r}: {value} is outside {lo}..{hi}")
     return int(value)
@@ -245,6 +246,10 @@ def parse_line(raw: bytes, lineno: int, path: str, page_size: int) -> Compiled |
     try:
         obj = _loads(text)
     except ValueError:
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ReplayError(path, lineno, f"not UTF-8 text (byte {exc.start + 1})") from None
         try:
             obj = json.loads(text)
         except ValueError as exc:

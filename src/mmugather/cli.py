@@ -301,8 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.set_defaults(func=cmd_scenarios)
 
     from mmugather.core.analyze import add_analyze_parser
+    from mmugather.core.bench import add_bench_parser
 
     add_analyze_parser(sub)
+    add_bench_parser(sub)
     __import__("mmugather.core.compare", fromlist=["_"]).add_compare_parser(sub)
 
     ap = sub.add_parser(
