@@ -752,9 +752,12 @@ def format_report(r: BenchResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: str, body: str) -> None:
+def write_section(
+    path: str, body: str, start_mark: str = START_MARK, end_mark: str = END_MARK
+) -> None:
     """Put ``body`` between the markers in the Markdown file ``path``: replace
     the marked section if there is one, else append it; the rest stays."""
+    START_MARK, END_MARK = start_mark, end_mark  # noqa: N806 - the markers used below
     section = f"{START_MARK}\n{body.rstrip()}\n{END_MARK}\n"
     try:
         with open(path, encoding="utf-8") as f:
@@ -785,6 +788,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.ops < 1 or args.repeat < 1:
         sys.stderr.write("mmugather: --ops and --repeat must be at least 1\n")
         return 2
+    if args.teardown:
+        from mmugather.core.bench_teardown import format_teardown, run_teardown_bench
+
+        rows = run_teardown_bench(arch=args.arch, repeat=args.repeat)
+        text = format_teardown(rows, args.arch, args.repeat)
+        sys.stdout.write(text)
+        if args.output:
+            write_section(args.output, text, "<!-- bench:teardown:start -->",
+                          "<!-- bench:teardown:end -->")
+        return 0
     try:
         result = run_bench(ops=args.ops, arch=args.arch, repeat=args.repeat, seed=args.seed)
     except ArchError as exc:
@@ -818,6 +831,12 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="MD",
         help="also write the figures into this Markdown file, between "
         f"{START_MARK} and {END_MARK} (the rest of the file is kept)",
+    )
+    bp.add_argument(
+        "--teardown",
+        action="store_true",
+        help="instead: time the exit of address spaces of 1M, 4M and 16M mapped PTEs "
+        "through the callers, checker off and on, with peak memory (each in a fresh process)",
     )
     bp.set_defaults(func=cmd_bench)
     return bp
