@@ -102,7 +102,9 @@ def tlb_page_remover(tlb: MmuGather) -> PageRemover:
     **Overridden by**: MMU_GATHER_NO_GATHER (s390: free the page at once).
     The ``ranges`` strategy wraps the gathering remover to store runs of
     contiguous pages of one folio (``plugins/rmap_ranges.py``); ``legacy``
-    wraps it to note delayed rmaps (``plugins/rmap_legacy.py``).
+    wraps it to note delayed rmaps (``plugins/rmap_legacy.py``);
+    ``folio-batch`` to queue runs as page + nr_pages entries
+    (``plugins/rmap_folio_batch.py``).
     """
 
 
@@ -124,7 +126,8 @@ def tlb_next_batch_allowed(tlb: MmuGather) -> bool:
     strategy (v6.5 before the seed patch): ``False`` while
     ``tlb.delayed_rmap`` is set and the active batch is not the bundle
     ("limit batching if we have delayed rmaps pending"), which is what lets
-    its ``tlb_flush_rmaps()`` walk only ``tlb->local`` and ``tlb->active``.
+    its ``tlb_flush_rmaps()`` walk only ``tlb->local`` and ``tlb->active``;
+    ``folio-batch`` (upstream kept it) likewise.
     """
 
 
@@ -139,7 +142,8 @@ def tlb_free_batch(tlb: MmuGather, batch: MmuGatherBatch) -> bool:
     *firstresult*; return ``True``.  Generic: ``free_pages_and_swap_cache()``
     on chunks of at most 512 entries (``FREE_CHUNK``).  **Overridden by**:
     the ``ranges`` strategy, whose entries are page ranges of one folio
-    (``free_folios_and_swap_cache()`` per chunk of ranges).
+    (``free_folios_and_swap_cache()`` per chunk of ranges); ``folio-batch``
+    (chunks never separate a page from its nr_pages entry).
     """
 
 
