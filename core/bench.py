@@ -757,7 +757,7 @@ def write_section(
 ) -> None:
     """Put ``body`` between the markers in the Markdown file ``path``: replace
     the marked section if there is one, else append it; the rest stays."""
-    START_MARK, END_MARK = start_mark, end_mark  # noqa: N806 - the markers used below
+    START_MARK, END_MARK = start_mark, end_mark
     section = f"{START_MARK}\n{body.rstrip()}\n{END_MARK}\n"
     try:
         with open(path, encoding="utf-8") as f:
