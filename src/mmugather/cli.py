@@ -97,9 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import json
 
     from mmugather.core import mutants
-    from mmugather.core.arch import ArchError, registry
+    from mmugather.core.arch import ArchError, make_machine, registry
     from mmugather.core.run import Progress, format_table, run_arch
-    from mmugather.core.arch import make_machine
     from mmugather.core.scenario import ScenarioError, check_geometry, resolve
 
     try:
@@ -305,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_analyze_parser(sub)
     add_bench_parser(sub)
-    __import__("mmugather.core.compare", fromlist=["_"]).add_compare_parser(sub)
+    from mmugather.core.compare import add_compare_parser
+
+    add_compare_parser(sub)
 
     ap = sub.add_parser(
         "arches",
