@@ -390,6 +390,27 @@ class Teardown:
         elif ref < 0 and self.report is not None:
             self.report("refcount", f"folio {PFN_BASE + head:#x}: reference count below zero")
 
+    def zap_nonpresent(
+        self, ent: int, addr: int, anon_vma: bool, details: ZapDetails | None
+    ) -> bool:
+        """zap_pte_range() on a non-present entry; True when it is cleared."""
+        kind = ent & SWP_KIND
+        if kind == SWP_SWAP:
+            # A genuine swap entry: a private anon page, freed here, never
+            # gathered.
+            if details is not None and not details.even_cows:
+                return False
+            self.free_swap_and_cache(ent >> 8)
+            if self.emit is not None:
+                self.emit("swap_free", addr=addr, entry=ent >> 8)
+        elif kind == SWP_MARKER:
+            # uffd-wp markers: anon ones always go, file ones only when the
+            # caller asks (ZAP_FLAG_DROP_MARKER).
+            return anon_vma or (details is not None and details.drop_marker)
+        # Migration and hwpoison entries: the page is not ours any more;
+        # only the entry goes.
+        return True
+
     def free_swap_and_cache(self, entry: int) -> None:
         swap_map = self.aspace.swap_map
         count = swap_map.get(entry, 0) - 1
@@ -486,30 +507,9 @@ class Teardown:
                             addr += page_size
                             break
                 else:
-                    kind = ent & SWP_KIND
-                    if kind == SWP_SWAP:
-                        # A genuine swap entry: a private anon page, freed
-                        # here, never gathered.
-                        if details is not None and not details.even_cows:
-                            i += 1
-                            addr += page_size
-                            if addr == end:
-                                break
-                            continue
-                        self.free_swap_and_cache(ent >> 8)
-                        if emit is not None:
-                            emit("swap_free", addr=addr, entry=ent >> 8)
-                    elif kind == SWP_MARKER:
-                        drop = anon_vma or (details is not None and details.drop_marker)
-                        if not drop:
-                            i += 1
-                            addr += page_size
-                            if addr == end:
-                                break
-                            continue
-                    # Migration and hwpoison entries: the page is not ours
-                    # any more; only the entry goes.
-                    entries[i] = 0
+                    # Non-present: swap, migration, marker, hwpoison.
+                    if self.zap_nonpresent(ent, addr, anon_vma, details):
+                        entries[i] = 0
             i += 1
             addr += page_size
             if addr == end:

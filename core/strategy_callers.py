@@ -19,9 +19,6 @@ from mmugather.core.aspace import (
     PTE_DIRTY,
     PTE_PRESENT,
     PTE_SPECIAL,
-    SWP_KIND,
-    SWP_MARKER,
-    SWP_SWAP,
     AddressSpace,
     MmVma,
 )
@@ -133,26 +130,9 @@ class LegacyTeardown(Teardown):
                             addr += page_size
                             break
                 else:
-                    kind = ent & SWP_KIND
-                    if kind == SWP_SWAP:
-                        if details is not None and not details.even_cows:
-                            i += 1
-                            addr += page_size
-                            if addr == end:
-                                break
-                            continue
-                        self.free_swap_and_cache(ent >> 8)
-                        if emit is not None:
-                            emit("swap_free", addr=addr, entry=ent >> 8)
-                    elif kind == SWP_MARKER:
-                        drop = anon_vma or (details is not None and details.drop_marker)
-                        if not drop:
-                            i += 1
-                            addr += page_size
-                            if addr == end:
-                                break
-                            continue
-                    entries[i] = 0
+                    # Non-present: swap, migration, marker, hwpoison.
+                    if self.zap_nonpresent(ent, addr, anon_vma, details):
+                        entries[i] = 0
             i += 1
             addr += page_size
             if addr == end:
@@ -284,26 +264,9 @@ class FolioBatchTeardown(LegacyTeardown):
                             addr += nr * page_size
                             break
                 else:
-                    kind = ent & SWP_KIND
-                    if kind == SWP_SWAP:
-                        if details is not None and not details.even_cows:
-                            i += 1
-                            addr += page_size
-                            if addr == end:
-                                break
-                            continue
-                        self.free_swap_and_cache(ent >> 8)
-                        if emit is not None:
-                            emit("swap_free", addr=addr, entry=ent >> 8)
-                    elif kind == SWP_MARKER:
-                        drop = anon_vma or (details is not None and details.drop_marker)
-                        if not drop:
-                            i += 1
-                            addr += page_size
-                            if addr == end:
-                                break
-                            continue
-                    entries[i] = 0
+                    # Non-present: swap, migration, marker, hwpoison.
+                    if self.zap_nonpresent(ent, addr, anon_vma, details):
+                        entries[i] = 0
             i += nr
             addr += nr * page_size
             if addr == end:
