@@ -74,14 +74,14 @@ def test_registry_takes_extra_plugins_and_refuses_duplicates() -> None:
 
 @pytest.fixture(scope="module")
 def x86_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example arch, installed with pip from its own folder (no network:
-    no dependencies, the build backend from this environment)."""
+    """The example arch, installed with pip from its own folder (no
+    dependencies: mmugather itself is the one under test)."""
     target = tmp_path_factory.mktemp("x86site")
     build = tmp_path_factory.mktemp("x86src")
     src = build / "mmugather-x86"
     subprocess.run(["cp", "-r", str(EXAMPLE), str(src)], check=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps",
          "--target", str(target), str(src)],
         check=True, capture_output=True,
     )
