@@ -221,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mmugather",
         description="An executable model of the Linux kernel's mmu_gather "
         "(v6.5 with the generalized rmap-removal patch).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  mmugather run                                  the default scenario on every arch, checked
+  mmugather run --mutant free-before-flush       a broken ordering the checker must catch
+  mmugather replay calls.jsonl --arch s390       recorded calls in, the kernel's effects out
+  mmugather compare thp-pte                      the rmap-removal strategies side by side
+  mmugather run --events run.jsonl && mmugather analyze run.jsonl --trace run.trace.json
+  pytest --mmu-arch NAME                         the conformance kit for an arch plugin
+
+'mmugather COMMAND --help' explains each command; docs/ has the rest.""",
     )
     parser.add_argument("--version", action="version", version=f"mmugather {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
