@@ -265,47 +265,14 @@ class Teardown:
             start = vma.start
             for page in range(first, first + nr):
                 observer(page, start)
-        store = self.aspace.pages
-        idx = first - PFN_BASE
-        head = store.head[idx]
-        mapcount = store.mapcount
-        report = self.report
-        if not store.order[head]:
-            left = mapcount[idx] - 1
-            mapcount[idx] = left
-            if left < 0 and report is not None:
-                report("mapcount", f"page {first:#x}: mapcount fell below zero")
-            return
-        unmapped = 0
-        for i in range(idx, idx + nr):
-            left = mapcount[i] - 1
-            mapcount[i] = left
-            if left == 0:
-                unmapped += 1
-            elif left < 0 and report is not None:
-                report("mapcount", f"page {PFN_BASE + i:#x}: mapcount fell below zero")
-        # One atomic_sub_return_relaxed() on _nr_pages_mapped for the range.
-        store.nr_mapped[head] -= unmapped
-        mapped = self.folio_pages_mapped(head)
-        if self.emit is not None:
-            self.emit("large_folio_rmap", folio=PFN_BASE + head, pages=nr, folio_atomics=1,
-                      mapped=mapped)
-        if store.entire_mapcount[head] > 0:
-            return  # still mapped whole by a PMD: nothing became unmapped
-        if unmapped and mapped and store.flags[head] & F_ANON:
-            self.deferred_split_folio(head)
+        self._remove_pte_rmaps(first, nr, per_range=True)
 
-    # ------------------------------------------------------------------
-    # The ``folio-batch`` strategy (upstream v6.9): folio_remove_rmap_ptes()
-    # ------------------------------------------------------------------
-
-    def folio_remove_rmap_ptes(self, first: int, nr: int) -> None:
-        """folio_remove_rmap_ptes(folio, page, nr, vma) of v6.9
-        (``__folio_remove_rmap()``, RMAP_LEVEL_PTE): each page's ``_mapcount``
-        and, for each page whose last PTE mapping went, one
-        ``atomic_dec_return()`` on ``_nr_pages_mapped``; a large anonymous
-        folio left partly mapped is queued for a deferred split (any large
-        folio, not only PMD-sized ones)."""
+    def _remove_pte_rmaps(self, first: int, nr: int, per_range: bool) -> None:
+        """The PTE rmaps of ``nr`` pages of one folio from ``first``: each
+        page's ``_mapcount``; ``_nr_pages_mapped`` once for the run
+        (``per_range``, the series) or once per page whose last mapping went
+        (v6.9); a large anon folio left partly mapped goes on the deferred
+        split queue, whatever its size."""
         store = self.aspace.pages
         idx = first - PFN_BASE
         head = store.head[idx]
@@ -329,11 +296,24 @@ class Teardown:
         mapped = self.folio_pages_mapped(head)
         if self.emit is not None:
             self.emit("large_folio_rmap", folio=PFN_BASE + head, pages=nr,
-                      folio_atomics=unmapped, mapped=mapped)
+                      folio_atomics=1 if per_range else unmapped, mapped=mapped)
         if store.entire_mapcount[head] > 0:
             return  # still mapped whole by a PMD: no page counted unmapped
         if unmapped and mapped and store.flags[head] & F_ANON:
             self.deferred_split_folio(head)
+
+    # ------------------------------------------------------------------
+    # The ``folio-batch`` strategy (upstream v6.9): folio_remove_rmap_ptes()
+    # ------------------------------------------------------------------
+
+    def folio_remove_rmap_ptes(self, first: int, nr: int) -> None:
+        """folio_remove_rmap_ptes(folio, page, nr, vma) of v6.9
+        (``__folio_remove_rmap()``, RMAP_LEVEL_PTE): each page's ``_mapcount``
+        and, for each page whose last PTE mapping went, one
+        ``atomic_dec_return()`` on ``_nr_pages_mapped``; a large anonymous
+        folio left partly mapped is queued for a deferred split (any large
+        folio, not only PMD-sized ones)."""
+        self._remove_pte_rmaps(first, nr, per_range=False)
 
     def gather_remove_rmap_ptes(self, first: int, nr: int, vma: Vma) -> None:
         """tlb_flush_rmaps() of v6.9 removed the delayed rmaps of ``nr``
