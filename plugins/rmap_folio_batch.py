@@ -45,6 +45,9 @@ from mmugather.core.gather import MmuGather, PageRemover
 from mmugather.core.hookspecs import hookimpl
 from mmugather.core.vma import Vma
 from mmugather.plugins.rmap_legacy import DELAY_RMAP, tlb_delay_rmap
+from mmugather.plugins.rmap_legacy import (  # v6.9 kept the batch limit
+    tlb_next_batch_allowed as tlb_next_batch_allowed,
+)
 
 __all__ = ["DELAY_RMAP", "NR_PAGES_NEXT", "remove_folio_pages", "tlb_delay_rmap"]
 
@@ -186,12 +189,6 @@ def _entries(batch: MmuGatherBatch, start: int, stop: int) -> list[tuple[int, in
             out.append((pages[i], 1, f))
             i += 1
     return out
-
-
-@hookimpl
-def tlb_next_batch_allowed(tlb: MmuGather) -> bool:
-    # Limit batching if we have delayed rmaps pending.
-    return not (tlb.delayed_rmap and tlb.active is not tlb.local)
 
 
 @hookimpl
