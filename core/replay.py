@@ -404,6 +404,8 @@ def parse_file(path: str, page_size: int) -> list[Compiled]:
             data = f.read()
     except OSError as exc:
         raise ReplayError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # a UTF-8 byte-order mark, as some editors write
     return parse(iter(data.split(b"\n")), path, page_size)
 
 

@@ -418,3 +418,16 @@ def test_help() -> None:
     assert sub.returncode == 0
     for option in (b"--arch", b"--events", b"--page-size", b"FILE"):
         assert option in sub.stdout
+
+
+def test_byte_order_mark_and_crlf_are_accepted(tmp_path: Path) -> None:
+    """Files saved by Windows editors: a UTF-8 BOM and CRLF line ends."""
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"op":"tlb_gather_mmu","fullmm":true}\r\n'
+                     b'{"op":"tlb_finish_mmu"}\r\n')
+    out = subprocess.run([sys.executable, "-m", "mmugather", "replay", str(path)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line)["event"] for line in out.stdout.splitlines()]
+    assert "tlb_flush" not in events  # nothing recorded: no flush
+    assert events[0] == "gather_begin" and events[-1] == "gather_end"
