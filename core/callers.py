@@ -754,13 +754,7 @@ class Teardown:
             addr = nxt
             if addr == end:
                 break
-        if not self._table_free_allowed(start, end, floor, ceiling, geo.pud_shift):
-            return
-        start &= ~(geo.pud_size - 1) & MASK64
-        table = aspace.pmd_tables.pop(start >> geo.pud_shift, None)
-        if table is not None:
-            self._unhook("pmd", table, start)
-            tlb.pmd_free_tlb(table, start)
+        self._free_table_above(tlb, "pmd", start, end, floor, ceiling)
 
     def free_pud_range(
         self, tlb: MmuGather, addr: int, end: int, floor: int, ceiling: int
@@ -776,13 +770,7 @@ class Teardown:
             addr = nxt
             if addr == end:
                 break
-        if not self._table_free_allowed(start, end, floor, ceiling, geo.p4d_shift):
-            return
-        start &= ~(geo.p4d_size - 1) & MASK64
-        table = aspace.pud_tables.pop(start >> geo.p4d_shift, None)
-        if table is not None:
-            self._unhook("pud", table, start)
-            tlb.pud_free_tlb(table, start)
+        self._free_table_above(tlb, "pud", start, end, floor, ceiling)
 
     def free_p4d_range(
         self, tlb: MmuGather, addr: int, end: int, floor: int, ceiling: int
@@ -797,13 +785,29 @@ class Teardown:
             addr = nxt
             if addr == end:
                 break
-        if not self._table_free_allowed(start, end, floor, ceiling, geo.pgdir_shift):
+        self._free_table_above(tlb, "p4d", start, end, floor, ceiling)
+
+    def _free_table_above(
+        self, tlb: MmuGather, level: str, start: int, end: int, floor: int, ceiling: int
+    ) -> None:
+        """The tail of free_{pmd,pud,p4d}_range(): once the tables below
+        [start, end) are gone, the ``level`` table that held them goes too,
+        unless a VMA outside [floor, ceiling) may still use it."""
+        geo = self.geo
+        aspace = self.aspace
+        # The level's table is indexed by the entry one level up that points to it.
+        shift, tables, free_tlb = {
+            "pmd": (geo.pud_shift, aspace.pmd_tables, tlb.pmd_free_tlb),
+            "pud": (geo.p4d_shift, aspace.pud_tables, tlb.pud_free_tlb),
+            "p4d": (geo.pgdir_shift, aspace.p4d_tables, tlb.p4d_free_tlb),
+        }[level]
+        if not self._table_free_allowed(start, end, floor, ceiling, shift):
             return
-        start &= ~(geo.pgdir_size - 1) & MASK64
-        table = aspace.p4d_tables.pop(start >> geo.pgdir_shift, None)
+        start &= ~((1 << shift) - 1) & MASK64
+        table = tables.pop(start >> shift, None)
         if table is not None:
-            self._unhook("p4d", table, start)
-            tlb.p4d_free_tlb(table, start)
+            self._unhook(level, table, start)
+            free_tlb(table, start)
 
     @staticmethod
     def _table_free_allowed(start: int, end: int, floor: int, ceiling: int, shift: int) -> bool:
