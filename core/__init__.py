@@ -14,7 +14,7 @@ Start here::
 from mmugather.core.arch import ArchError, ArchRegistry, ArchSpec, make_machine, registry
 from mmugather.core.batch import MmuGatherBatch
 from mmugather.core.constants import Geometry
-from mmugather.core.events import Collector, make_emit
+from mmugather.core.events import Collector, make_emit, make_stream
 from mmugather.core.gather import (
     GatherError,
     KernelBug,
@@ -45,6 +45,7 @@ __all__ = [
     "Vma",
     "make_emit",
     "make_machine",
+    "make_stream",
     "registry",
     "tlb_gather_mmu",
     "tlb_gather_mmu_fullmm",

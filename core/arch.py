@@ -19,7 +19,7 @@ import attrs
 import pluggy
 from mmugather.core import hookspecs
 from mmugather.core.constants import PAGE_SIZES, Geometry
-from mmugather.core.events import Emit
+from mmugather.core.events import Emit, PageRows
 from mmugather.core.mm import Machine
 
 ENTRY_POINT_GROUP = "mmugather.arches"
@@ -160,6 +160,7 @@ def make_machine(
     detail: Emit | None = None,
     extra_plugins: Sequence[Any] = (),
     strategy: str | None = None,
+    rows: PageRows | None = None,
 ) -> Machine:
     """A modelled kernel for ``arch`` at ``page_size`` (the arch's first
     supported size by default).
@@ -167,6 +168,7 @@ def make_machine(
     ``strategy`` names the rmap-removal strategy (``core/strategies.py``);
     its engine plugins are registered before ``extra_plugins``.  ``None``:
     the one in force (``strategies.selected()``), ``pointer`` by default.
+    ``rows`` goes with ``emit`` when both come from ``events.make_stream``.
     """
     from mmugather.core import strategies
 
@@ -182,4 +184,5 @@ def make_machine(
         # struct mmu_table_batch has an rcu_head only under RCU table free:
         # without it the header is the (padded) count alone.
         geometry = attrs.evolve(geometry, table_batch_header=8)
-    return Machine(arch=spec, geometry=geometry, hook=pm.hook, emit=emit, detail=detail)
+    return Machine(arch=spec, geometry=geometry, hook=pm.hook, emit=emit, detail=detail,
+                   rows=rows)

@@ -13,7 +13,7 @@ is the hot path and binds what it uses to locals.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -37,6 +37,7 @@ from mmugather.core.aspace import (
     PteTable,
 )
 from mmugather.core.constants import MASK64
+from mmugather.core.events import page_rows
 from mmugather.core.gather import MmuGather, tlb_gather_mmu, tlb_gather_mmu_fullmm
 from mmugather.core.mm import Machine, MmStruct
 from mmugather.core.vma import Vma
@@ -72,7 +73,7 @@ class Teardown:
         *,
         mutants: Sequence[str] = (),
         report: Callable[[str, str], None] | None = None,
-        rmap_observer: Callable[[int, int], None] | None = None,
+        rmap_observer: Callable[[Iterable[int], int], None] | None = None,
     ) -> None:
         unknown = set(mutants) - CALLER_MUTANTS
         if unknown:
@@ -82,10 +83,13 @@ class Teardown:
         self.mm = MmStruct()
         self.geo = machine.geometry
         self.emit = machine.emit
+        #: the per-PTE ``pte_clear`` events go through here
+        self.rows = page_rows(machine.emit, machine.rows)
         self.mutants = frozenset(mutants)
         #: where model-level problems (a mapcount below zero) are reported
         self.report = report
-        #: told (page, vma start) of each rmap tlb_flush_rmaps() removes
+        #: told (pages, vma start) of the rmaps each tlb_flush_rmaps() step
+        #: removes
         self.rmap_observer = rmap_observer
         #: called after each PTE table, for progress reports
         self.progress: Callable[[int], None] | None = None
@@ -101,16 +105,14 @@ class Teardown:
     # ------------------------------------------------------------------
 
     def gather_remove_rmaps(self, pages: Sequence[int], vma: Vma) -> None:
-        observer = self.rmap_observer
+        if self.rmap_observer is not None:
+            self.rmap_observer(pages, vma.start)
         remove = self.page_remove_rmap
-        start = vma.start
         store = self.aspace.pages
         mapcount = store.mapcount
         order = store.order
         head_of = store.head
         for page in pages:
-            if observer is not None:
-                observer(page, start)
             idx = page - PFN_BASE
             # Fast path: a page of an order-0 folio that stays mapped or goes
             # unmapped with nothing else to account.
@@ -260,11 +262,8 @@ class Teardown:
         PMD-sized folios, as in the series): unmapping a whole folio in one
         range queues nothing.
         """
-        observer = self.rmap_observer
-        if observer is not None:
-            start = vma.start
-            for page in range(first, first + nr):
-                observer(page, start)
+        if self.rmap_observer is not None:
+            self.rmap_observer(range(first, first + nr), vma.start)
         self._remove_pte_rmaps(first, nr, per_range=True)
 
     def _remove_pte_rmaps(self, first: int, nr: int, per_range: bool) -> None:
@@ -318,11 +317,8 @@ class Teardown:
     def gather_remove_rmap_ptes(self, first: int, nr: int, vma: Vma) -> None:
         """tlb_flush_rmaps() of v6.9 removed the delayed rmaps of ``nr``
         pages of one folio from ``first`` (one folio_remove_rmap_ptes())."""
-        observer = self.rmap_observer
-        if observer is not None:
-            start = vma.start
-            for page in range(first, first + nr):
-                observer(page, start)
+        if self.rmap_observer is not None:
+            self.rmap_observer(range(first, first + nr), vma.start)
         self.folio_remove_rmap_ptes(first, nr)
 
     def release_ranges(self, ranges: Sequence[tuple[int, int]]) -> None:
@@ -422,6 +418,8 @@ class Teardown:
         if table is None:
             return addr
         emit = self.emit
+        rows = self.rows
+        clear = rows.pte_clear if rows is not None else None
         gvma = vma.gvma
         if emit is not None:
             emit("ptl_lock", table=table.id, vma_start=vma.start)
@@ -433,6 +431,7 @@ class Teardown:
         remove_page = tlb.remove_page
         rmap_before_flush = "rmap-before-flush" in self.mutants
         batch_rmap = tlb.batch_rmap and not rmap_before_flush
+        rmap_mode = "batched" if batch_rmap else "now"
         anon_vma = vma.is_anon
         force_flush = queue_full = dirty_flush = False
         # tlb_remove_tlb_entry() per cleared PTE only grows [start, end); the
@@ -453,8 +452,8 @@ class Teardown:
                     last = addr
                     if ent & PTE_SPECIAL:
                         # vm_normal_page() is NULL: no struct page to give back.
-                        if emit is not None:
-                            emit("pte_clear", addr=addr, page=None, level="pte")
+                        if clear is not None:
+                            clear((addr, None, None, False))
                     else:
                         pfn = ent >> 8
                         head = head_of[pfn - PFN_BASE]
@@ -468,15 +467,8 @@ class Teardown:
                                 # removal: writeback must not find the page
                                 # clean while a CPU can still dirty it.
                                 force_flush = dirty_flush = True
-                        if emit is not None:
-                            emit(
-                                "pte_clear",
-                                addr=addr,
-                                page=pfn,
-                                level="pte",
-                                rmap="batched" if batch_rmap else "now",
-                                dirty_file=dirty_file,
-                            )
+                        if clear is not None:
+                            clear((addr, pfn, rmap_mode, dirty_file))
                         if not batch_rmap:
                             if emit is not None:
                                 emit("rmap_remove_now", page=pfn)

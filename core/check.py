@@ -1,7 +1,10 @@
 """The invariant checker: watches the event stream and reports broken ordering.
 
 It is an event observer (a structlog processor), so it sees exactly what a
-reader of the event log sees, in order.  Rules that need to know which page a
+reader of the event log sees, in order.  The two per-page events may also
+come in bulk (``pte_clear_rows``, ``rmap_remove_pages``; see
+``events.RowBus``): the usual page is handled there and anything else goes
+through the per-event handler, so that reports do not depend on the form.  Rules that need to know which page a
 PTE mapped use the callers' events (``pte_clear``, ``ptl_lock``,
 ``table_unhook``...); on a replay, where those do not exist, the rules that
 need no address-space model still run (``mmugather replay --check``).
@@ -13,12 +16,13 @@ message, and the trail of events that led to it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
 from mmugather.core.arch import ArchSpec
 from mmugather.core.aspace import TABLE_ID_BASE
+from mmugather.core.events import ClearRow, clear_event
 
 RULES: dict[str, str] = {
     "free-before-flush": "no page is freed before a TLB flush covered every PTE that mapped it",
@@ -42,6 +46,19 @@ RULES: dict[str, str] = {
 }
 
 TRAIL = 12
+
+#: What the checker remembers of an event: its dict, or, for the per-page
+#: events it took in bulk, a ``ClearRow`` (``pte_clear``) or a page
+#: (``rmap_remove``), turned into the same dict only for a report.
+Seen = dict[str, Any] | ClearRow | int
+
+
+def _as_event(item: Seen) -> dict[str, Any]:
+    if isinstance(item, dict):
+        return item
+    if isinstance(item, tuple):
+        return clear_event(item)
+    return {"page": item, "event": "rmap_remove"}
 
 
 @attrs.define(slots=True)
@@ -112,7 +129,7 @@ class Checker:
         #: set by the owner: emits a ``violation`` event into the stream
         self.emit: Callable[..., Any] | None = None
         self.seq = 0
-        self.recent: deque[tuple[int, dict[str, Any]]] = deque(maxlen=TRAIL)
+        self.recent: deque[tuple[int, Seen]] = deque(maxlen=TRAIL)
         # state
         self.in_gather = False
         self.ptl: int | None = None
@@ -125,8 +142,11 @@ class Checker:
         #: sizes of uncovered entries that are not one page (PMD, hugetlb)
         self.uncovered_size: dict[int, int] = {}
         self.dirty_uncovered: set[int] = set()
+        #: the pages of ``uncovered``, built when a free needs them
+        self._uncovered_pages: set[int | None] | None = None
         #: pages in the gather's hands: page -> [handed, rmaps owed,
-        #: uncovered clears, seq of its clear, the clear event]
+        #: queued before a flush (a replay, which has no clears), seq of
+        #: its clear, the clear event (Seen)]
         self.inflight: dict[int, list[Any]] = {}
         self.pending_rmap: dict[int, tuple[int | None, int]] = {}  # page -> (ptl, vma_start)
         self.pending_extra: dict[int, int] = {}
@@ -176,10 +196,12 @@ class Checker:
     def violate(self, rule: str, message: str, page: int | None = None) -> None:
         self.counts[rule] = self.counts.get(rule, 0) + 1
         if len(self.violations) < self.max_reports:
-            recent = [(n, ev) for n, ev in self.recent if ev["event"] != "violation"]
+            recent = [(n, ev) for n, ev in ((n, _as_event(it)) for n, it in self.recent)
+                      if ev["event"] != "violation"]
             seen = {n for n, _ev in recent}
             rec = self.inflight.get(page) if page is not None else None
-            history = [(rec[3], rec[4])] if rec is not None and rec[3] not in seen else []
+            history = ([(rec[3], _as_event(rec[4]))] if rec is not None and rec[3] not in seen
+                       else [])
             trail = [{**ev, "#": n} for n, ev in history + recent]
             v = Violation(rule, message, self.seq, trail)
             self.violations.append(v)
@@ -218,36 +240,60 @@ class Checker:
         self.ptl = None
 
     def _pte_clear(self, ev: dict[str, Any]) -> None:
+        level = ev["level"]
+        if level != "pte" and self.gathering:
+            self.uncovered_size[ev["addr"]] = ev["size"]
+        dirty_file = bool(ev.get("dirty_file")) and level == "pte"
+        row = (ev["addr"], ev["page"], ev.get("rmap"), dirty_file)
+        self._clears((row,), self.seq - 1, ev)
+
+    def pte_clear_rows(self, rows: list[ClearRow]) -> None:
+        """``pte_clear`` events at level ``pte``, in bulk (``events.RowBus``)."""
+        seq = self.seq
+        self._clears(rows, seq, None)
+        self.seq = seq + len(rows)
+        self._remember(rows[-TRAIL:], self.seq)
+
+    def _remember(self, items: Sequence[Seen], last_seq: int) -> None:
+        """Put bulk events, the last of which is number ``last_seq``, on the trail."""
+        first = last_seq - len(items) + 1
+        self.recent.extend(zip(range(first, last_seq + 1), items, strict=True))
+
+    def _clears(self, rows: Sequence[ClearRow], seq: int, ev: dict[str, Any] | None) -> None:
+        """The cleared entries ``rows``, numbered from ``seq + 1``; ``ev`` is
+        the event of a single row, when it came as one."""
         self.saw_callers = True
-        page = ev["page"]
         gathering = self.gathering
-        if gathering:
-            # s390 invalidates as it clears: only gathering arches wait.
-            addr = ev["addr"]
-            self.uncovered[addr] = page
-            if ev["level"] != "pte":
-                self.uncovered_size[addr] = ev["size"]
-        if page is None:
-            return
-        rec = self.inflight.get(page)
-        if rec is None:
-            self.inflight[page] = [1, 1, 1 if gathering else 0, self.seq, ev]
-        else:
-            rec[0] += 1
-            rec[1] += 1
+        uncovered = self.uncovered
+        self._uncovered_pages = None
+        inflight = self.inflight
+        pending_rmap = self.pending_rmap
+        ptl_key = (self.ptl, self.ptl_vma)
+        for row in rows:
+            seq += 1
+            addr, page, rmap, dirty_file = row
             if gathering:
-                rec[2] += 1
-            rec[3] = self.seq
-            rec[4] = ev
-        rmap = ev.get("rmap")
-        if gathering and ev.get("dirty_file") and ev["level"] == "pte":
-            self.dirty_uncovered.add(page)
-        if rmap == "batched":
-            if page in self.pending_rmap:
-                # The same page mapped twice in one table (two VMAs of one file).
-                self.pending_extra[page] = self.pending_extra.get(page, 0) + 1
+                # s390 invalidates as it clears: only gathering arches wait.
+                uncovered[addr] = page
+            if page is None:
+                continue
+            seen: Seen = row if ev is None else ev
+            rec = inflight.get(page)
+            if rec is None:
+                inflight[page] = [1, 1, 0, seq, seen]
             else:
-                self.pending_rmap[page] = (self.ptl, self.ptl_vma)
+                rec[0] += 1
+                rec[1] += 1
+                rec[3] = seq
+                rec[4] = seen
+            if gathering and dirty_file:
+                self.dirty_uncovered.add(page)
+            if rmap == "batched":
+                if page in pending_rmap:
+                    # The same page mapped twice in one table (two VMAs of one file).
+                    self.pending_extra[page] = self.pending_extra.get(page, 0) + 1
+                else:
+                    pending_rmap[page] = ptl_key
 
     def _remove_rmap(self, page: int) -> None:
         rec = self.inflight.get(page)
@@ -321,6 +367,51 @@ class Checker:
             self.removed_vma[page] = vma_start
         self._remove_rmap(page)
 
+    def rmap_remove_pages(self, pages: Sequence[int], vma_start: int) -> None:
+        """``rmap_remove`` events, one per page, in bulk (``events.RowBus``),
+        for tlb_flush_rmaps() given the VMA at ``vma_start``.
+
+        The usual removal (pending, under its lock, owed, not a dirty page
+        before its flush) is done here; any other goes through the event
+        handler, so that a report is the one the events would give.  Only a
+        page mapped by another VMA is left for :meth:`rmap_vma` to report,
+        after the walk, where the events alone would have it reported.
+        """
+        seq = self.seq
+        if not self.saw_callers or self.replay:
+            for page in pages:
+                self(None, "info", {"page": page, "event": "rmap_remove"})
+            return
+        pending_rmap = self.pending_rmap
+        extra = self.pending_extra
+        inflight = self.inflight
+        removed_vma = self.removed_vma
+        dirty = self.dirty_uncovered if self.batch_rmap else None
+        ptl_now = self.ptl
+        done = 0  # pages[:done] are on the trail
+        for i, page in enumerate(pages):
+            pending = pending_rmap.get(page)
+            rec = inflight.get(page)
+            if (pending is None or rec is None or rec[1] <= 0 or (extra and extra.get(page))
+                    or (pending[0] is not None and pending[0] != ptl_now)
+                    or (dirty and page in dirty)):
+                self.seq = seq
+                self._remember(pages[done:i], seq)
+                done = i + 1
+                self(None, "info", {"page": page, "event": "rmap_remove"})
+                seq = self.seq
+                continue
+            seq += 1
+            del pending_rmap[page]
+            mapped_by = pending[1]
+            if mapped_by != vma_start and mapped_by != -1:
+                removed_vma[page] = mapped_by
+            rec[1] -= 1
+            if not rec[0] and not rec[1]:
+                del inflight[page]
+        self.seq = seq
+        self._remember(pages[max(done, len(pages) - TRAIL):], seq)
+
     def _rmap_remove_range(self, ev: dict[str, Any]) -> None:
         """The ``ranges`` strategy: one removal for a run of pages of a folio,
         checked as that many ``rmap_remove`` events."""
@@ -328,15 +419,19 @@ class Checker:
         for page in range(first, first + ev["nr"]):
             self._rmap_remove({"page": page})
 
-    def rmap_vma(self, page: int, vma_start: int) -> None:
-        """The model tells which VMA tlb_flush_rmaps() was given for ``page``."""
-        mapped_by = self.removed_vma.pop(page, -1)
-        if mapped_by not in (-1, vma_start):
-            self.violate(
-                "rmap-wrong-vma",
-                f"page {page:#x} was mapped by the VMA at {mapped_by:#x}, but "
-                f"tlb_flush_rmaps() was given the VMA at {vma_start:#x}",
-            )
+    def rmap_vma(self, pages: Iterable[int], vma_start: int) -> None:
+        """The model tells which VMA tlb_flush_rmaps() was given for ``pages``."""
+        removed = self.removed_vma
+        if not removed:
+            return
+        for page in pages:
+            mapped_by = removed.pop(page, -1)
+            if mapped_by not in (-1, vma_start):
+                self.violate(
+                    "rmap-wrong-vma",
+                    f"page {page:#x} was mapped by the VMA at {mapped_by:#x}, but "
+                    f"tlb_flush_rmaps() was given the VMA at {vma_start:#x}",
+                )
 
     def _rmap_remove_now(self, ev: dict[str, Any]) -> None:
         self._remove_rmap(ev["page"])
@@ -346,6 +441,13 @@ class Checker:
         first = ev["first"]
         for page in range(first, first + ev["nr"]):
             self._remove_rmap(page)
+
+    def _uncovered_now(self) -> set[int | None]:
+        """The pages of the cleared entries no flush has covered yet."""
+        pages = self._uncovered_pages
+        if pages is None:
+            pages = self._uncovered_pages = set(self.uncovered.values())
+        return pages
 
     def _freed(self, page: int) -> None:
         if not self.saw_callers:
@@ -358,7 +460,7 @@ class Checker:
             self.violate("free-once", f"page {page:#x} is freed more often than it was queued",
                          page)
             return
-        if rec[2]:
+        if rec[2] or (self.uncovered and page in self._uncovered_now()):
             self.violate(
                 "free-before-flush",
                 f"page {page:#x} is freed while a TLB entry mapping it may still be live "
@@ -380,8 +482,23 @@ class Checker:
             del self.inflight[page]
 
     def _free_pages(self, ev: dict[str, Any]) -> None:
+        if not self.saw_callers or self.replay:
+            for page in ev["pages"]:
+                self._freed(page)
+            return
+        inflight = self.inflight
+        tables = self.tables
+        pending_rmap = self.pending_rmap
+        unflushed = self._uncovered_now() if self.uncovered else ()
         for page in ev["pages"]:
-            self._freed(page)
+            rec = inflight.get(page)
+            # The usual free: queued once, rmap gone, flushed.  Anything
+            # else goes the long way, which reports.
+            if (rec is None or rec[0] != 1 or rec[1] or page in pending_rmap or page in tables
+                    or page in unflushed):
+                self._freed(page)
+            else:
+                del inflight[page]
 
     def _free_ranges(self, ev: dict[str, Any]) -> None:
         for start, nr in ev["ranges"]:
@@ -407,16 +524,11 @@ class Checker:
                     f"the flush of [{start:#x}, {end:#x}) misses cleared entries at "
                     + ", ".join(hex(a) for a in missed[:4]),
                 )
-        inflight = self.inflight
         if self.replay:
-            for rec in inflight.values():
+            for rec in self.inflight.values():
                 rec[2] = 0
-        for page in uncovered.values():
-            if page is not None:
-                found = inflight.get(page)
-                if found is not None:
-                    found[2] = 0
         uncovered.clear()
+        self._uncovered_pages = None
         self.uncovered_size.clear()
         self.dirty_uncovered.clear()
         for table, state in self.tables.items():
@@ -491,6 +603,7 @@ class Checker:
         if problems:
             self.violate("pending-after-finish", "after tlb_finish_mmu(): " + "; ".join(problems))
         self.uncovered.clear()
+        self._uncovered_pages = None
         self.uncovered_size.clear()
         self.pending_rmap.clear()
         self.inflight.clear()

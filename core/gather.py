@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 from mmugather.core.batch import MmuGatherBatch
 from mmugather.core.constants import MASK32, MASK64, MMU_GATHER_BUNDLE, Geometry
-from mmugather.core.events import Emit
+from mmugather.core.events import Emit, PageRows, page_rows
 from mmugather.core.mm import Machine, MmModel, MmStruct
 from mmugather.core.table import MmuTableBatch
 from mmugather.core.vma import Vma
@@ -101,6 +101,8 @@ class MmuGather:
     hook: Any = attrs.field(init=False)
     emit: Emit | None = attrs.field(init=False)
     detail: Emit | None = attrs.field(init=False)
+    #: the per-page events of the stream (``rmap_remove``)
+    rows: PageRows | None = attrs.field(init=False)
     #: the address-space model behind the pages, when callers model one
     model: MmModel | None = attrs.field(init=False)
     _remove: PageRemover = attrs.field(init=False)
@@ -111,6 +113,7 @@ class MmuGather:
         self.hook = machine.hook
         self.emit = machine.emit
         self.detail = machine.detail
+        self.rows = page_rows(machine.emit, machine.rows)
         self.model = machine.model
         self.local = MmuGatherBatch(max=MMU_GATHER_BUNDLE)
         self.active = self.rmap_pend = self.local
@@ -445,18 +448,16 @@ class MmuGather:
 
     def page_remove_rmap(self, page: int, vma: Vma) -> None:
         """The gather removes ``page``'s rmap (called from tlb_flush_rmaps())."""
-        if self.emit is not None:
-            self.emit("rmap_remove", page=page)
+        if self.rows is not None:
+            self.rows.rmap_remove((page,), vma.start)
         if self.model is not None:
             self.model.gather_remove_rmaps((page,), vma)
 
     def page_remove_rmaps(self, pages: list[int], vma: Vma) -> None:
         """page_remove_rmap() on a run of queued pages, in order (one batch's
         share of a tlb_flush_rmaps() walk)."""
-        emit = self.emit
-        if emit is not None:
-            for page in pages:
-                emit("rmap_remove", page=page)
+        if self.rows is not None:
+            self.rows.rmap_remove(pages, vma.start)
         if self.model is not None:
             self.model.gather_remove_rmaps(pages, vma)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 from mmugather.core.constants import Geometry
-from mmugather.core.events import Emit
+from mmugather.core.events import Emit, PageRows
 from mmugather.core.vma import Vma
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ class Machine:
     emit: Emit | None = None
     #: the reader's extra events (page queued, pointer moved...), or None
     detail: Emit | None = None
+    #: the per-page events in bulk form, built with ``emit``
+    #: (``events.make_stream``); None: each is emitted through ``emit``
+    rows: PageRows | None = None
     #: the address-space model the gather keeps in step, if any
     model: MmModel | None = None
     #: GFP_NOWAIT allocations still to fail, per kind

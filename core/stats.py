@@ -6,9 +6,11 @@ The same observer serves ``mmugather run`` (live) and ``mmugather analyze``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from mmugather.core.aspace import TABLE_ID_BASE
+from mmugather.core.events import ClearRow
 
 #: (key, label) in the order the run table prints them.
 ROWS: list[tuple[str, str]] = [
@@ -102,6 +104,12 @@ class RunStats:
         self.c[_LEVEL_KEY[level]] += 1
         self._clear_level = level
 
+    def pte_clear_rows(self, rows: list[ClearRow]) -> None:
+        """``pte_clear`` events at level ``pte``, in bulk (``events.RowBus``)."""
+        if rows:
+            self.c["ptes_zapped"] += len(rows)
+            self._clear_level = "pte"
+
     def _swap_free(self, ev: dict[str, Any]) -> None:
         self.c["swap_freed"] += 1
 
@@ -131,10 +139,16 @@ class RunStats:
             self.c["batch_alloc_failed"] += 1
 
     def _rmap_remove(self, ev: dict[str, Any]) -> None:
+        self.rmap_remove_pages((ev["page"],), -1)
+
+    def rmap_remove_pages(self, pages: Sequence[int], vma_start: int) -> None:
+        """``rmap_remove`` events, one per page, in bulk (``events.RowBus``):
+        one page_remove_rmap() call and one ``_mapcount`` update each."""
         c = self.c
-        c["rmap_batched"] += 1
-        c["rmap_calls"] += 1
-        c["mapcount_atomics"] += 1  # the page's _mapcount
+        n = len(pages)
+        c["rmap_batched"] += n
+        c["rmap_calls"] += n
+        c["mapcount_atomics"] += n
 
     def _rmap_now(self, ev: dict[str, Any]) -> None:
         c = self.c

@@ -10,7 +10,7 @@ per-PTE-table loop is inherited.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from mmugather.core.aspace import (
     F_ANON,
@@ -47,7 +47,7 @@ class LegacyTeardown(Teardown):
         *,
         mutants: Sequence[str] = (),
         report: Callable[[str, str], None] | None = None,
-        rmap_observer: Callable[[int, int], None] | None = None,
+        rmap_observer: Callable[[Iterable[int], int], None] | None = None,
     ) -> None:
         if mutants:
             raise ValueError(
@@ -73,6 +73,7 @@ class LegacyTeardown(Teardown):
         if table is None:
             return addr
         emit = self.emit
+        clear = self.rows.pte_clear if self.rows is not None else None
         gvma = vma.gvma
         if emit is not None:
             emit("ptl_lock", table=table.id, vma_start=vma.start)
@@ -97,8 +98,8 @@ class LegacyTeardown(Teardown):
                         tlb.tlb_remove_tlb_entry(addr)
                     last = addr
                     if ent & PTE_SPECIAL:
-                        if emit is not None:
-                            emit("pte_clear", addr=addr, page=None, level="pte")
+                        if clear is not None:
+                            clear((addr, None, None, False))
                     else:
                         pfn = ent >> 8
                         head = head_of[pfn - PFN_BASE]
@@ -111,15 +112,8 @@ class LegacyTeardown(Teardown):
                             if tlb_delay_rmap(tlb):
                                 delay_rmap = DELAY_RMAP
                                 force_flush = dirty_flush = True
-                        if emit is not None:
-                            emit(
-                                "pte_clear",
-                                addr=addr,
-                                page=pfn,
-                                level="pte",
-                                rmap="batched" if delay_rmap else "now",
-                                dirty_file=dirty_file,
-                            )
+                        if clear is not None:
+                            clear((addr, pfn, "batched" if delay_rmap else "now", dirty_file))
                         if not delay_rmap:
                             if emit is not None:
                                 emit("rmap_remove_now", page=pfn)
@@ -190,6 +184,7 @@ class FolioBatchTeardown(LegacyTeardown):
         if table is None:
             return addr
         emit = self.emit
+        clear = self.rows.pte_clear if self.rows is not None else None
         gvma = vma.gvma
         if emit is not None:
             emit("ptl_lock", table=table.id, vma_start=vma.start)
@@ -216,8 +211,8 @@ class FolioBatchTeardown(LegacyTeardown):
                     if ent & PTE_SPECIAL:
                         entries[i] = 0
                         last = addr
-                        if emit is not None:
-                            emit("pte_clear", addr=addr, page=None, level="pte")
+                        if clear is not None:
+                            clear((addr, None, None, False))
                     else:
                         pfn = ent >> 8
                         head = head_of[pfn - PFN_BASE]
@@ -245,11 +240,11 @@ class FolioBatchTeardown(LegacyTeardown):
                             if tlb_delay_rmap(tlb):
                                 delay_rmap = DELAY_RMAP
                                 force_flush = dirty_flush = True
-                        if emit is not None:
+                        if clear is not None:
                             rmap = "batched" if delay_rmap else "now"
                             for k in range(nr):
-                                emit("pte_clear", addr=addr + k * page_size, page=pfn + k,
-                                     level="pte", rmap=rmap, dirty_file=not anon and dirty[k])
+                                clear((addr + k * page_size, pfn + k, rmap,
+                                       not anon and dirty[k]))
                         if not delay_rmap:
                             if emit is not None:
                                 if nr == 1:

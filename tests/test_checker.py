@@ -14,7 +14,14 @@ import pytest
 from mmugather.core import scenario
 from mmugather.core.arch import make_machine
 from mmugather.core.check import RULES, Checker, Violation
-from mmugather.core.events import Collector, make_emit
+from mmugather.core.events import (
+    Collector,
+    EventRows,
+    PageRows,
+    clear_event,
+    make_emit,
+    make_stream,
+)
 from mmugather.core.gather import MmuGather, tlb_gather_mmu
 from mmugather.core.mm import Machine, MmStruct
 from mmugather.core.mutants import MUTANTS
@@ -108,20 +115,40 @@ def test_render_collapses_runs_of_one_event() -> None:
 # ----------------------------------------------------------------------
 
 
+class _BulkCollector(Collector):
+    """A collector that also takes the per-page events in bulk, so that a
+    stream with it and the checker is an ``events.RowBus``."""
+
+    def pte_clear_rows(self, rows: list[Any]) -> None:
+        self.events.extend(clear_event(row) for row in rows)
+
+    def rmap_remove_pages(self, pages: Any, vma_start: int) -> None:
+        self.events.extend({"page": page, "event": "rmap_remove"} for page in pages)
+
+
 class Caller:
     """Plays a caller of the gather by hand: the callers' events (ptl_lock,
     pte_clear...) around real engine calls, with the checker watching."""
 
     VMA = Vma(0x400000, 0x600000)
     TABLE = 0x7000
+    #: the checker takes the per-page events in bulk, as in a run without a
+    #: log (set for each test by the ``stream`` fixture)
+    bulk = False
 
     def __init__(self, arch: str, *, fail_batches: int = 0) -> None:
         arch_spec = spec(arch)
         self.checker = Checker(arch_spec, PS)
-        self.collector = Collector()
-        self.emit: Any = make_emit(observers=[self.collector, self.checker])
+        self.rows: PageRows | None
+        if self.bulk:
+            self.collector: Collector = _BulkCollector()
+            self.emit, self.rows = make_stream(observers=[self.collector, self.checker])
+        else:
+            self.collector = Collector()
+            self.emit = make_emit(observers=[self.collector, self.checker])
+            self.rows = EventRows(self.emit)
         self.checker.emit = self.emit
-        self.machine: Machine = make_machine(arch_spec, emit=self.emit)
+        self.machine: Machine = make_machine(arch_spec, emit=self.emit, rows=self.rows)
         if fail_batches:
             self.machine.fail_alloc("page_batch", fail_batches)
         self.tlb: MmuGather = tlb_gather_mmu(self.machine, MmStruct())
@@ -134,7 +161,7 @@ class Caller:
     def unlock(self, table: int = TABLE) -> None:
         self.emit("ptl_unlock", table=table)
 
-    def zap(self, n: int, at: int = 0x400000) -> list[int]:
+    def zap(self, n: int, at: int = 0x400000, dirty_file: bool = False) -> list[int]:
         """Clear n PTEs with rmap removal batched and queue their pages."""
         pages = []
         for k in range(n):
@@ -142,8 +169,8 @@ class Caller:
             page = self.next_page
             self.next_page += 1
             self.tlb.tlb_remove_tlb_entry(addr)
-            self.emit("pte_clear", addr=addr, page=page, level="pte", rmap="batched",
-                      dirty_file=False)
+            assert self.rows is not None
+            self.rows.pte_clear((addr, page, "batched", dirty_file))
             assert not self.tlb.remove_page(page, PS, 0)
             pages.append(page)
         return pages
@@ -160,6 +187,14 @@ class Caller:
         return [e["page"] for e in self.collector.events if e["event"] == "rmap_remove"]
 
 
+@pytest.fixture(autouse=True, params=["events", "bulk"])
+def stream(request: pytest.FixtureRequest) -> Any:
+    """Every hand-played test twice: per-page events one by one, and in bulk."""
+    Caller.bulk = request.param == "bulk"
+    yield request.param
+    Caller.bulk = False
+
+
 @pytest.mark.parametrize("arch", BATCHING)
 def test_the_kernel_order_for_one_table_passes(arch: str) -> None:
     """The baseline the misuse tests break: discard, clear and queue under
@@ -174,6 +209,42 @@ def test_the_kernel_order_for_one_table_passes(arch: str) -> None:
     c.finish()
     assert c.removed() == pages
     assert c.rules == []
+
+
+@pytest.mark.parametrize("arch", BATCHING)
+def test_dirty_file_rmaps_removed_before_the_flush(arch: str) -> None:
+    """zap_pte_range() forces the TLB flush before tlb_flush_rmaps() when a
+    dirty file page is queued; a caller that skips it lets writeback clean
+    the page while a stale entry can still dirty it."""
+    c = Caller(arch)
+    c.tlb.tlb_change_page_size(PS)
+    c.tlb.tlb_discard_rmaps()
+    c.lock()
+    pages = c.zap(2, dirty_file=True)
+    c.tlb.tlb_flush_rmaps(c.VMA)
+    c.unlock()
+    c.finish()
+    assert c.removed() == pages
+    assert c.rules == ["dirty-rmap-before-flush"] * 2
+    assert f"{pages[0]:#x}" in c.checker.violations[0].message
+
+
+@pytest.mark.parametrize("arch", BATCHING)
+def test_queue_freed_before_the_tlb_flush(arch: str) -> None:
+    """tlb_batch_pages_flush() without tlb_flush_mmu_tlbonly() first: the
+    pages go back while their TLB entries may still be live."""
+    c = Caller(arch)
+    c.tlb.tlb_change_page_size(PS)
+    c.tlb.tlb_discard_rmaps()
+    c.lock()
+    pages = c.zap(3)
+    c.tlb.tlb_flush_rmaps(c.VMA)
+    c.unlock()
+    c.tlb.tlb_batch_pages_flush()
+    c.finish()
+    assert c.rules == ["free-before-flush"] * 3
+    assert [f"{p:#x}" in v.message for p, v in zip(pages, c.checker.violations, strict=True)] \
+        == [True] * 3
 
 
 @pytest.mark.parametrize("arch", BATCHING)
@@ -316,8 +387,7 @@ class _VmaReporter:
         self.checker = checker
 
     def gather_remove_rmaps(self, pages: Any, vma: Vma) -> None:
-        for page in pages:
-            self.checker.rmap_vma(page, vma.start)
+        self.checker.rmap_vma(pages, vma.start)
 
     def release_pages(self, pages: Any) -> None:
         pass
