@@ -253,8 +253,8 @@ class Teardown:
         return pfn + 1
 
     def gather_remove_rmap_range(self, first: int, nr: int, vma: Vma) -> None:
-        """folio_remove_rmap_range(folio, page, nr, vma) of the series (patch
-        1/4): the PTE mappings of ``nr`` pages of one folio from ``first``.
+        """folio_remove_rmap_range(folio, page, nr, vma) of the series (v2
+        1/5): the PTE mappings of ``nr`` pages of one folio from ``first``.
 
         A large folio's ``_nr_pages_mapped`` is updated once for the range,
         and the folio goes on the deferred split queue only if some page of

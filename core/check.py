@@ -4,10 +4,11 @@ It is an event observer (a structlog processor), so it sees exactly what a
 reader of the event log sees, in order.  The two per-page events may also
 come in bulk (``pte_clear_rows``, ``rmap_remove_pages``; see
 ``events.RowBus``): the usual page is handled there and anything else goes
-through the per-event handler, so that reports do not depend on the form.  Rules that need to know which page a
-PTE mapped use the callers' events (``pte_clear``, ``ptl_lock``,
-``table_unhook``...); on a replay, where those do not exist, the rules that
-need no address-space model still run (``mmugather replay --check``).
+through the per-event handler, so that reports do not depend on the form.
+Rules that need to know which page a PTE mapped use the callers' events
+(``pte_clear``, ``ptl_lock``, ``table_unhook``...); on a replay, where
+those do not exist, the rules that need no address-space model still run
+(``mmugather replay --check``).
 
 Every rule has a name (:data:`RULES`); a violation carries the rule, a
 message, and the trail of events that led to it.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 import attrs
@@ -51,6 +53,13 @@ TRAIL = 12
 #: events it took in bulk, a ``ClearRow`` (``pte_clear``) or a page
 #: (``rmap_remove``), turned into the same dict only for a report.
 Seen = dict[str, Any] | ClearRow | int
+
+
+#: a (lock, VMA) key no pending page has
+_NO_KEY: tuple[int | None, int] = (None, -2)
+
+_ADDR = itemgetter(0)
+_PAGE = itemgetter(1)
 
 
 def _as_event(item: Seen) -> dict[str, Any]:
@@ -264,17 +273,16 @@ class Checker:
         the event of a single row, when it came as one."""
         self.saw_callers = True
         gathering = self.gathering
-        uncovered = self.uncovered
-        self._uncovered_pages = None
+        if gathering:
+            # s390 invalidates as it clears: only gathering arches wait.
+            self.uncovered.update(zip(map(_ADDR, rows), map(_PAGE, rows), strict=True))
+            self._uncovered_pages = None
         inflight = self.inflight
         pending_rmap = self.pending_rmap
         ptl_key = (self.ptl, self.ptl_vma)
         for row in rows:
             seq += 1
-            addr, page, rmap, dirty_file = row
-            if gathering:
-                # s390 invalidates as it clears: only gathering arches wait.
-                uncovered[addr] = page
+            _addr, page, rmap, dirty_file = row
             if page is None:
                 continue
             seen: Seen = row if ev is None else ev
@@ -388,13 +396,19 @@ class Checker:
         removed_vma = self.removed_vma
         dirty = self.dirty_uncovered if self.batch_rmap else None
         ptl_now = self.ptl
+        # The pages of one table share one (lock, VMA) key: check it once.
+        good_key: tuple[int | None, int] = _NO_KEY
+        other_vma = False
         done = 0  # pages[:done] are on the trail
         for i, page in enumerate(pages):
             pending = pending_rmap.get(page)
             rec = inflight.get(page)
-            if (pending is None or rec is None or rec[1] <= 0 or (extra and extra.get(page))
-                    or (pending[0] is not None and pending[0] != ptl_now)
-                    or (dirty and page in dirty)):
+            if pending is not good_key and pending is not None and (
+                    pending[0] is None or pending[0] == ptl_now):
+                good_key = pending
+                other_vma = pending[1] != vma_start and pending[1] != -1
+            if (pending is not good_key or rec is None or rec[1] <= 0
+                    or (extra and extra.get(page)) or (dirty and page in dirty)):
                 self.seq = seq
                 self._remember(pages[done:i], seq)
                 done = i + 1
@@ -403,9 +417,8 @@ class Checker:
                 continue
             seq += 1
             del pending_rmap[page]
-            mapped_by = pending[1]
-            if mapped_by != vma_start and mapped_by != -1:
-                removed_vma[page] = mapped_by
+            if other_vma:
+                removed_vma[page] = pending[1]
             rec[1] -= 1
             if not rec[0] and not rec[1]:
                 del inflight[page]

@@ -190,7 +190,10 @@ class RunStats:
 
     def _free_pages(self, ev: dict[str, Any]) -> None:
         pages = ev["pages"]
-        tables = sum(1 for p in pages if p >= TABLE_ID_BASE)
+        # Page-table pages queued as pages (generic arches) have the high ids.
+        tables = 0
+        if max(pages, default=0) >= TABLE_ID_BASE:
+            tables = sum(1 for p in pages if p >= TABLE_ID_BASE)
         self.c["pages_freed"] += len(pages) - tables
         self.c["folio_puts"] += len(pages) - tables
         self.c["tables_page_batch"] += tables

@@ -54,6 +54,10 @@ class Strategy:
             from mmugather.core.strategy_callers import FolioBatchTeardown
 
             return FolioBatchTeardown
+        if self.name == "ranges":
+            from mmugather.core.strategy_callers import RangesTeardown
+
+            return RangesTeardown
         from mmugather.core.callers import Teardown
 
         return Teardown

@@ -2,10 +2,12 @@
 as the kernel code each strategy models has it.
 
 :class:`Teardown` (``core/callers.py``) is the seed patch's caller, used by
-``pointer`` and ``ranges``.  :class:`LegacyTeardown` is v6.5 before the seed
-patch (``mm/memory.c``), for ``legacy``; :class:`FolioBatchTeardown` is v6.9's
-(PTE batching of large folios), for ``folio-batch``.  Everything but the
-per-PTE-table loop is inherited.
+``pointer``; :class:`RangesTeardown` is the same caller under the rest of
+Ryan Roberts' series, for ``ranges``.  :class:`LegacyTeardown` is v6.5
+before the seed patch (``mm/memory.c``), for ``legacy``;
+:class:`FolioBatchTeardown` is v6.9's (PTE batching of large folios), for
+``folio-batch``.  Everything but the per-PTE-table loop (or, for ``ranges``,
+``page_remove_rmap()``) is inherited.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from mmugather.core.aspace import (
     F_ANON,
     F_DIRTY,
+    F_HUGETLB,
     PFN_BASE,
     PTE_DIRTY,
     PTE_PRESENT,
@@ -26,6 +29,25 @@ from mmugather.core.callers import Teardown, ZapDetails
 from mmugather.core.gather import MmuGather
 from mmugather.core.mm import Machine
 from mmugather.plugins.rmap_legacy import DELAY_RMAP, tlb_delay_rmap
+
+
+class RangesTeardown(Teardown):
+    """The seed patch's callers on the series' ``mm/rmap.c``.
+
+    Its patch 1 (unchanged from "Optimize large folio interaction with
+    deferred split" v4 2/3) makes ``page_remove_rmap()`` of a PTE mapping a
+    wrapper of ``folio_remove_rmap_range(folio, page, 1, vma)``: so where a
+    rmap goes at once (``up``, ``s390``), any large anonymous folio left
+    partly mapped is queued for a deferred split, not only PMD-sized ones
+    as in v6.5.  PMD and hugetlb mappings keep v6.5's path.
+    """
+
+    def page_remove_rmap(self, pfn: int, compound: bool) -> None:
+        store = self.aspace.pages
+        if compound or store.flags[store.head[pfn - PFN_BASE]] & F_HUGETLB:
+            super().page_remove_rmap(pfn, compound)
+        else:
+            self._remove_pte_rmaps(pfn, 1, per_range=True)
 
 
 class LegacyTeardown(Teardown):

@@ -230,6 +230,27 @@ def test_dirty_file_rmaps_removed_before_the_flush(arch: str) -> None:
 
 
 @pytest.mark.parametrize("arch", BATCHING)
+def test_flush_rmaps_over_a_page_cleared_with_rmap_now(arch: str) -> None:
+    """A page whose PTE was cleared with its rmap to go at once (not
+    batched) has no removal pending: tlb_flush_rmaps() must not do it."""
+    c = Caller(arch)
+    c.tlb.tlb_change_page_size(PS)
+    c.tlb.tlb_discard_rmaps()
+    c.lock()
+    assert c.rows is not None
+    c.tlb.tlb_remove_tlb_entry(0x400000)
+    c.rows.pte_clear((0x400000, 0x300000, "now", False))
+    assert not c.tlb.remove_page(0x300000, PS, 0)
+    pages = c.zap(2, at=0x401000)
+    c.tlb.tlb_flush_rmaps(c.VMA)
+    c.unlock()
+    c.finish()
+    assert c.removed() == [0x300000, *pages]
+    assert c.rules == ["rmap-not-pending", "pending-after-finish"]
+    assert "0x300000" in c.checker.violations[0].message
+
+
+@pytest.mark.parametrize("arch", BATCHING)
 def test_queue_freed_before_the_tlb_flush(arch: str) -> None:
     """tlb_batch_pages_flush() without tlb_flush_mmu_tlbonly() first: the
     pages go back while their TLB entries may still be live."""
