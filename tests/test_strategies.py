@@ -490,3 +490,32 @@ def test_replay_strategy_folio_batch(tmp_path: Path, capsys: pytest.CaptureFixtu
     status, out = _replay(tmp_path, capsys, "--strategy", "folio-batch")
     removed = [json.loads(x)["page"] for x in out.splitlines() if '"rmap_remove"' in x]
     assert status == 0 and removed == [2]
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "strategies.md"
+
+
+@pytest.mark.parametrize("scenario", SMALL)
+def test_results_tables_in_the_docs_are_what_compare_prints(
+    scenario: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/strategies.md's tables, counter by counter, are the current
+    model's (``mmugather compare SCENARIO --arch generic-smp``)."""
+    text = DOCS.read_text()
+    start = text.index(f"### `{scenario}`")
+    end = text.find("\n### ", start + 1)
+    documented = {}
+    for line in text[start:end if end > 0 else None].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] != "counter" and not cells[0].startswith("---"):
+            documented[cells[0]] = cells[1:1 + len(STRATEGIES)]
+    assert main(["compare", scenario, "--arch", "generic-smp"]) == 0
+    printed = {}
+    for line in capsys.readouterr().out.splitlines():
+        label, _, rest = line.partition("  ")
+        values = rest.split()
+        if len(values) >= len(STRATEGIES) and all(v.replace(",", "").isdigit()
+                                                  for v in values[:len(STRATEGIES)]):
+            printed[label.strip()] = values[:len(STRATEGIES)]
+    assert len(documented) >= 12
+    assert {k: printed.get(k) for k in documented} == documented
