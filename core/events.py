@@ -232,8 +232,9 @@ class PageRows(Protocol):
 
     ``pte_clear(row)`` is one ``pte_clear`` event (``ClearRow``);
     ``rmap_remove(pages, vma_start)`` is one ``rmap_remove`` event per page,
-    in order, for tlb_flush_rmaps() given the VMA at ``vma_start`` (which
-    the events do not carry; the address-space model tells it apart).
+    in order, for tlb_flush_rmaps() given the VMA at ``vma_start`` (the
+    events do not carry it; bulk observers get it here, the checker
+    otherwise from the address-space model).
     """
 
     @property
@@ -298,9 +299,10 @@ class RowBus:
 
     Cleared PTEs wait in a list (``pte_clear`` is the list's ``append``) and
     reach the observers as one call just before the next event of any other
-    kind, so every observer still sees every event in order.  A checked
-    teardown is dominated by these per-page events; handing them over a
-    table at a time spares a dict, a call and a dispatch per page.
+    kind, so every observer still sees every event in order (a PTE table's
+    clears are always followed by its ``ptl_unlock``).  A checked teardown
+    is dominated by these per-page events; handing them over a table at a
+    time spares a dict, a call and a dispatch per page.
     """
 
     __slots__ = ("_observers", "_pending", "pte_clear")
