@@ -155,6 +155,13 @@ class Caller:
         self.tlb.tlb_start_vma(self.VMA)
         self.next_page = 0x100000
 
+    def start_table(self) -> None:
+        """What zap_pte_range() does before its first PTE: the page size,
+        tlb_discard_rmaps(), then the table's lock."""
+        self.tlb.tlb_change_page_size(PS)
+        self.tlb.tlb_discard_rmaps()
+        self.lock()
+
     def lock(self, table: int = TABLE) -> None:
         self.emit("ptl_lock", table=table, vma_start=self.VMA.start)
 
@@ -200,9 +207,7 @@ def test_the_kernel_order_for_one_table_passes(arch: str) -> None:
     """The baseline the misuse tests break: discard, clear and queue under
     the lock, tlb_flush_rmaps() before the unlock, flush later."""
     c = Caller(arch)
-    c.tlb.tlb_change_page_size(PS)
-    c.tlb.tlb_discard_rmaps()
-    c.lock()
+    c.start_table()
     pages = c.zap(3)
     c.tlb.tlb_flush_rmaps(c.VMA)
     c.unlock()
@@ -217,9 +222,7 @@ def test_dirty_file_rmaps_removed_before_the_flush(arch: str) -> None:
     dirty file page is queued; a caller that skips it lets writeback clean
     the page while a stale entry can still dirty it."""
     c = Caller(arch)
-    c.tlb.tlb_change_page_size(PS)
-    c.tlb.tlb_discard_rmaps()
-    c.lock()
+    c.start_table()
     pages = c.zap(2, dirty_file=True)
     c.tlb.tlb_flush_rmaps(c.VMA)
     c.unlock()
@@ -234,9 +237,7 @@ def test_flush_rmaps_over_a_page_cleared_with_rmap_now(arch: str) -> None:
     """A page whose PTE was cleared with its rmap to go at once (not
     batched) has no removal pending: tlb_flush_rmaps() must not do it."""
     c = Caller(arch)
-    c.tlb.tlb_change_page_size(PS)
-    c.tlb.tlb_discard_rmaps()
-    c.lock()
+    c.start_table()
     assert c.rows is not None
     c.tlb.tlb_remove_tlb_entry(0x400000)
     c.rows.pte_clear((0x400000, 0x300000, "now", False))
@@ -255,9 +256,7 @@ def test_queue_freed_before_the_tlb_flush(arch: str) -> None:
     """tlb_batch_pages_flush() without tlb_flush_mmu_tlbonly() first: the
     pages go back while their TLB entries may still be live."""
     c = Caller(arch)
-    c.tlb.tlb_change_page_size(PS)
-    c.tlb.tlb_discard_rmaps()
-    c.lock()
+    c.start_table()
     pages = c.zap(3)
     c.tlb.tlb_flush_rmaps(c.VMA)
     c.unlock()
@@ -275,9 +274,7 @@ def test_flush_between_discard_and_flush_rmaps_is_rmap_dropped(arch: str) -> Non
     tlb_flush_rmaps() walks nothing and the freed pages never lose their
     rmap."""
     c = Caller(arch)
-    c.tlb.tlb_change_page_size(PS)
-    c.tlb.tlb_discard_rmaps()
-    c.lock()
+    c.start_table()
     pages = c.zap(3)
     c.tlb.tlb_flush_mmu()
     c.tlb.tlb_flush_rmaps(c.VMA)
@@ -300,9 +297,7 @@ def test_hidden_flush_of_a_full_queue_is_rmap_dropped(arch: str) -> None:
     discard and tlb_flush_rmaps(), it frees pages whose rmap removal is
     pending."""
     c = Caller(arch, fail_batches=10)
-    c.tlb.tlb_change_page_size(PS)
-    c.tlb.tlb_discard_rmaps()
-    c.lock()
+    c.start_table()
     pages = c.zap(7)
     # An eighth page, its rmap already removed (as for a huge entry).
     other = 0x200000
@@ -324,9 +319,7 @@ def test_page_size_change_between_discard_and_flush_rmaps_is_rmap_dropped() -> N
     """MMU_GATHER_PAGE_SIZE: tlb_change_page_size() to another size flushes
     the gather (tlb_flush_mmu()), pending rmaps included."""
     c = Caller("page-size")
-    c.tlb.tlb_change_page_size(PS)
-    c.tlb.tlb_discard_rmaps()
-    c.lock()
+    c.start_table()
     pages = c.zap(2)
     c.tlb.tlb_change_page_size(2 * MIB)
     c.tlb.tlb_flush_rmaps(c.VMA)
@@ -341,9 +334,7 @@ def test_page_size_change_is_harmless_where_it_does_not_flush() -> None:
     """The same calls on generic-smp (no MMU_GATHER_PAGE_SIZE): nothing is
     flushed early and every rmap is removed."""
     c = Caller("generic-smp")
-    c.tlb.tlb_change_page_size(PS)
-    c.tlb.tlb_discard_rmaps()
-    c.lock()
+    c.start_table()
     pages = c.zap(2)
     c.tlb.tlb_change_page_size(2 * MIB)
     c.tlb.tlb_flush_rmaps(c.VMA)
@@ -425,9 +416,7 @@ def test_flush_rmaps_with_another_vma_is_rmap_wrong_vma(arch: str) -> None:
     c.machine.model = _VmaReporter(c.checker)
     c.tlb = tlb_gather_mmu(c.machine, MmStruct())
     c.tlb.tlb_start_vma(c.VMA)
-    c.tlb.tlb_change_page_size(PS)
-    c.tlb.tlb_discard_rmaps()
-    c.lock()
+    c.start_table()
     pages = c.zap(2)
     other = Vma(0x600000, 0x800000)
     c.tlb.tlb_flush_rmaps(other)
