@@ -342,7 +342,12 @@ class Checker:
             return
         if self.replay:
             rec = self.inflight.get(page)
-            if rec is None or rec[1] >= rec[0]:
+            if page in self.tables:
+                # Queued by pte_free_tlb() & co. on an arch without table
+                # batching: a page no PTE mapped.
+                self.violate("rmap-not-pending", "tlb_flush_rmaps() removes the rmap of "
+                             f"page-table page {page:#x}, queued since the last discard", page)
+            elif rec is None or rec[1] >= rec[0]:
                 self.violate("rmap-once", f"page {page:#x}: rmap removed more often than it "
                              "was queued", page)
             else:
