@@ -312,6 +312,11 @@ class RowBus:
         self._pending: list[ClearRow] = []
         self.pte_clear = self._pending.append
 
+    def flush(self) -> None:
+        """Hand over the cleared PTEs still waiting (the end of a run)."""
+        if self._pending:
+            self._drain()
+
     def _drain(self) -> None:
         rows = self._pending.copy()
         # Cleared first: an observer may emit (a violation) while it reads.

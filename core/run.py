@@ -21,7 +21,7 @@ from mmugather.core import strategies
 from mmugather.core.arch import ArchSpec, make_machine
 from mmugather.core.callers import Teardown, run_ops
 from mmugather.core.check import Checker, Violation
-from mmugather.core.events import Processor, make_stream
+from mmugather.core.events import Processor, RowBus, make_stream
 from mmugather.core.scenario import Scenario, build
 from mmugather.core.stats import ROWS, RunStats
 
@@ -149,6 +149,8 @@ def run_arch(
     with _quiet_collector():
         run_ops(teardown, scenario.ops)
     seconds = time.perf_counter() - t0
+    if isinstance(rows, RowBus):
+        rows.flush()
     if checker is not None:
         checker.finish()
     return ArchRun(

@@ -125,12 +125,16 @@ def test_rows_reach_observers_before_the_next_event() -> None:
     rows.pte_clear((0x3000, 8, "batched", False))
     rows.rmap_remove([7, 8], 0x400000)
     emit("tlb_flush", scope="mm")
+    rows.pte_clear((0x4000, 9, "now", True))
+    rows.flush()
+    rows.flush()  # nothing left: no empty hand-over
     assert rec.seen == [
         ("rows", [(0x1000, 7, "batched", False), (0x2000, None, None, False)]),
         "ptl_unlock",
         ("rows", [(0x3000, 8, "batched", False)]),
         ("pages", [7, 8], 0x400000),
         "tlb_flush",
+        ("rows", [(0x4000, 9, "now", True)]),
     ]
 
 
