@@ -111,7 +111,9 @@ def _int(path: str, key: str, value: Any, lo: int = 0, hi: int = 1 << 64) -> int
     if isinstance(value, bool) or not isinstance(value, int):
         raise ScenarioError(path, key, f"must be an integer, not {type(value).__name__}")
     if not lo <= value <= hi:
-        raise ScenarioError(path, key, f"{value:#x} is outside {lo:#x}..{hi:#x}")
+        # Addresses read best in hex, counts in decimal.
+        fmt = "#x" if key.rsplit(".", 1)[-1] in ("start", "end", "offset") else ","
+        raise ScenarioError(path, key, f"{value:{fmt}} is outside {lo:{fmt}}..{hi:{fmt}}")
     return value
 
 

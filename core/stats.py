@@ -144,33 +144,27 @@ class RunStats:
     def rmap_remove_pages(self, pages: Sequence[int], vma_start: int) -> None:
         """``rmap_remove`` events, one per page, in bulk (``events.RowBus``):
         one page_remove_rmap() call and one ``_mapcount`` update each."""
+        self._rmaps("rmap_batched", len(pages), len(pages))
+
+    def _rmaps(self, how: str, pages: int, calls: int, mapcounts: bool = True) -> None:
+        """``pages`` rmaps removed (``how``: at once or batched) in ``calls``
+        calls, each page's ``_mapcount`` updated once (``mapcounts``)."""
         c = self.c
-        n = len(pages)
-        c["rmap_batched"] += n
-        c["rmap_calls"] += n
-        c["mapcount_atomics"] += n
+        c[how] += pages
+        c["rmap_calls"] += calls
+        if mapcounts:
+            c["mapcount_atomics"] += pages
 
     def _rmap_now(self, ev: dict[str, Any]) -> None:
-        c = self.c
-        c["rmap_now"] += 1
-        c["rmap_calls"] += 1
-        if self._clear_level == "pte":
-            c["mapcount_atomics"] += 1  # the page's _mapcount (a PMD/hugetlb
-            # mapping has only folio-wide counters: large_folio_rmap)
+        # A PMD or hugetlb mapping has only folio-wide counters
+        # (large_folio_rmap), no page _mapcount.
+        self._rmaps("rmap_now", 1, 1, mapcounts=self._clear_level == "pte")
 
     def _rmap_range(self, ev: dict[str, Any]) -> None:
-        c = self.c
-        nr = ev["nr"]
-        c["rmap_batched"] += nr
-        c["rmap_calls"] += 1
-        c["mapcount_atomics"] += nr  # one _mapcount per page of the range
+        self._rmaps("rmap_batched", ev["nr"], 1)  # folio_remove_rmap_range()
 
     def _rmap_ptes(self, ev: dict[str, Any]) -> None:
-        c = self.c
-        nr = ev["nr"]
-        c["rmap_now"] += nr
-        c["rmap_calls"] += 1
-        c["mapcount_atomics"] += nr  # one _mapcount per page of the run
+        self._rmaps("rmap_now", ev["nr"], 1)  # folio_remove_rmap_ptes()
 
     def _large_rmap(self, ev: dict[str, Any]) -> None:
         self.c["mapcount_atomics"] += ev["folio_atomics"]

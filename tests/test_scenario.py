@@ -152,8 +152,8 @@ BAD: list[tuple[str, Mutate, str, str]] = [
     ("populated-twice", lambda d: d["vma"][0]["populate"].append(
         {"offset": 0x8000, "pages": 4}), "vma[0].populate[1]", "already populated"),
     # out of range
-    ("negative-start", _vma0(start=-4096), "vma[0].start", "outside"),
-    ("negative-pages", _pop0(pages=-1), "vma[0].populate[0].pages", "outside"),
+    ("negative-start", _vma0(start=-4096), "vma[0].start", "-0x1000 is outside 0x0.."),
+    ("negative-pages", _pop0(pages=-1), "vma[0].populate[0].pages", "-1 is outside 1.."),
     ("zero-pages", _pop0(pages=0), "vma[0].populate[0].pages", "outside"),
     ("negative-offset", _pop0(offset=-4096), "vma[0].populate[0].offset", "outside"),
     ("negative-pgoff", _vma0(kind="file", pgoff=-1), "vma[0].pgoff", "outside"),
