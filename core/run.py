@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
@@ -23,7 +22,7 @@ from mmugather.core.callers import Teardown, run_ops
 from mmugather.core.check import Checker, Violation
 from mmugather.core.events import Processor, RowBus, make_stream
 from mmugather.core.scenario import Scenario, build
-from mmugather.core.stats import ROWS, RunStats
+from mmugather.core.stats import RunStats
 
 
 @attrs.define
@@ -164,49 +163,3 @@ def run_arch(
         mutant_applies=m.applies(spec) if m is not None else True,
         strategy=strat.name,
     )
-
-
-def format_table(runs: Sequence[ArchRun]) -> str:
-    """The side-by-side table: one row per counter, one column per arch."""
-    labels = [label for _, label in ROWS]
-    width = max(len(x) for x in labels)
-    cols = [r.arch for r in runs]
-    colw = [max(len(c), 12) for c in cols]
-    out = [f"{'':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, colw, strict=True))]
-    for key, label in ROWS:
-        cells = []
-        for r, w in zip(runs, colw, strict=True):
-            value = r.stats.get(key, 0)
-            cells.append(f"{value:>{w},}")
-        out.append(f"{label:<{width}}  " + "  ".join(cells))
-    return "\n".join(out)
-
-
-class Progress:
-    """A one-line progress bar on stderr, for runs long enough to need one."""
-
-    def __init__(self, total: int, label: str, stream: IO[str] | None = None) -> None:
-        self.total = max(total, 1)
-        self.done = 0
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.last = -1.0
-        self.enabled = self.stream.isatty() and total >= 200_000
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.last < 0.2:
-            return
-        self.last = now
-        frac = min(1.0, self.done / self.total)
-        bar = "#" * int(frac * 30)
-        self.stream.write(f"\r{self.label:<16} [{bar:<30}] {frac * 100:5.1f}%")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + " " * 60 + "\r")
-            self.stream.flush()

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mmugather.core.analyze import LogError, analyze, to_trace
+
+from mmugather.cli.analyze import LogError, analyze, to_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import ARCHES
 from mmugather.core.arch import make_machine
-from mmugather.core.bench import (
+from mmugather.core.events import make_emit
+from mmugather.core.replay import C_FINISH, C_FLUSH, C_GATHER, C_QUEUE, Compiled, parse
+
+from mmugather.cli.bench import (
     END_MARK,
     QUEUE_CAPACITY,
     START_MARK,
@@ -23,8 +26,6 @@ from mmugather.core.bench import (
     stock_structlog_emit,
     write_section,
 )
-from mmugather.core.events import make_emit
-from mmugather.core.replay import C_FINISH, C_FLUSH, C_GATHER, C_QUEUE, Compiled, parse
 
 #: Big enough for gathers that fill the whole queue (seed 0 has one).
 N_FULL, SEED_FULL = 60_000, 0

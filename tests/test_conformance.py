@@ -14,10 +14,11 @@ import attrs
 import pytest
 from mmugather.arches import BUILTIN, GENERIC_SMP
 from mmugather.core.arch import ArchRegistry
-from mmugather.core.conformance import RULES, ConformanceError, check_all
 from mmugather.core.events import Collector, make_emit
 from mmugather.core.gather import MmuGather
 from mmugather.core.hookspecs import hookimpl
+
+from mmugather.conformance import RULES, ConformanceError, check_all
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "examples" / "mmugather-x86"

@@ -1,7 +1,7 @@
 """The arch conformance kit: rules every arch plugin must keep.
 
 Run it against any installed arch with ``pytest --mmu-arch NAME`` (the
-``mmugather`` pytest plugin, :mod:`mmugather.core.pytest_plugin`, adds this
+``mmugather`` pytest plugin, :mod:`mmugather.pytest_plugin`, adds this
 module to the session).  Each ``test_*`` function checks one rule and fails
 with a message that starts with the rule's name in brackets.
 
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from mmugather.core.arch import ArchSpec, make_machine, plugin_manager, registry
 from mmugather.core.constants import MMU_GATHER_BUNDLE
 from mmugather.core.events import ALL_EVENTS, CONTRACT_EVENTS, Collector, make_emit

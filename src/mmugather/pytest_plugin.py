@@ -2,7 +2,7 @@
 
 Installed with the package (entry point ``pytest11``), it does nothing until
 asked: ``pytest --mmu-arch NAME`` adds the conformance suite
-(:mod:`mmugather.core.conformance`) to the session, run against the arch
+(:mod:`mmugather.conformance`) to the session, run against the arch
 ``NAME`` from the registry (built-in or installed through the
 ``mmugather.arches`` entry-point group).  Each rule is one test, named
 ``test_conformance[RULE]``; a failure's message starts with ``[RULE]``.
@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from mmugather.core.arch import ArchError, ArchSpec, registry
 
 
@@ -39,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
             registry().get(name)
         except ArchError as exc:
             raise pytest.UsageError(f"--mmu-arch: {exc}") from None
-    from mmugather.core import conformance
+    from mmugather import conformance
 
     path = str(Path(conformance.__file__))
     if path not in config.args:

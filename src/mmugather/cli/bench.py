@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import attrs
+
 from mmugather.core.constants import Geometry
 from mmugather.core.events import Emit
 
@@ -789,7 +790,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sys.stderr.write("mmugather: --ops and --repeat must be at least 1\n")
         return 2
     if args.teardown:
-        from mmugather.core.bench_teardown import format_teardown, run_teardown_bench
+        from mmugather.cli.bench_teardown import format_teardown, run_teardown_bench
 
         rows = run_teardown_bench(arch=args.arch, repeat=args.repeat)
         text = format_teardown(rows, args.arch, args.repeat)
@@ -843,8 +844,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mmugather.core.bench``: the ``bench`` command on its own."""
-    parser = argparse.ArgumentParser(prog="python -m mmugather.core.bench")
+    """``python -m mmugather.cli.bench``: the ``bench`` command on its own."""
+    parser = argparse.ArgumentParser(prog="python -m mmugather.cli.bench")
     sub = parser.add_subparsers(dest="command", required=True)
     add_bench_parser(sub)
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])

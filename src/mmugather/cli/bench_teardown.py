@@ -58,7 +58,7 @@ def measure(ptes: int, check: bool, arch: str, repeat: int) -> dict[str, Any]:
     best: dict[str, Any] | None = None
     for _ in range(repeat):
         out = subprocess.run(
-            [sys.executable, "-m", "mmugather.core.bench_teardown", str(ptes),
+            [sys.executable, "-m", "mmugather.cli.bench_teardown", str(ptes),
              "1" if check else "0", arch],
             capture_output=True, text=True, check=True,
         )
