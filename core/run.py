@@ -89,6 +89,7 @@ def run_arch(
     extra_plugins: Sequence[Any] = (),
     extra_observers: Sequence[Processor] = (),
     progress: Callable[[int], None] | None = None,
+    progress_total: Callable[[int], None] | None = None,
     stats: bool = True,
     strategy: str | None = None,
 ) -> ArchRun:
@@ -97,6 +98,11 @@ def run_arch(
     ``strategy`` names the rmap-removal strategy (``core/strategies.py``):
     its engine plugins and its ``zap_pte_range()``; ``None`` is the one in
     force (``pointer`` unless ``strategies.selected()`` says otherwise).
+
+    ``progress`` is called with the entries of each PTE table the callers
+    have walked; ``progress_total``, once the address space is built, with
+    the entries of all its PTE tables (a bar's end: a table the queue filled
+    is walked again, so the count can pass it).
     """
     strat = strategies.resolve(strategy)
     size = page_size or spec.page_sizes[0]
@@ -135,6 +141,8 @@ def run_arch(
     )
     aspace = build(scenario, machine.geometry)
     mapped = aspace.mapped_ptes()
+    if progress_total is not None:
+        progress_total(len(aspace.pte_tables) * machine.geometry.ptrs_per_pte)
     teardown_class: type[Teardown] = strat.teardown_class()
     teardown = teardown_class(
         aspace,

@@ -1,40 +1,28 @@
 """Scenarios: an address space and what to do to it, in TOML.
 
 The format is documented in ``docs/scenarios.md``.  :func:`load` validates
-the whole file (unknown keys, overlaps, alignment, sizes) before anything
-is built, and :func:`build` turns a validated scenario into an
+the whole file (unknown keys, overlaps, alignment, sizes, and the number of
+pages populated against a limit) before anything is built, in time that
+grows with the file, not with the sizes it names; :func:`build`
+(``core/scenario_build.py``) turns a validated scenario into an
 :class:`~mmugather.core.aspace.AddressSpace` for one arch geometry.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import re
 import sys
-from array import array
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from mmugather.core.aspace import (
-    F_ANON,
-    F_HUGETLB,
-    F_SHARED,
-    F_SWAPCACHE,
-    PFN_BASE,
-    PTE_DIRTY,
-    PTE_PRESENT,
-    PTE_SPECIAL,
-    PTE_YOUNG,
-    SWP_HWPOISON,
-    SWP_MARKER,
-    SWP_MIGRATION,
-    SWP_SWAP,
-    VMA_KINDS,
-    ZERO_PFN,
-    AddressSpace,
-    MmVma,
-)
+from mmugather.core.aspace import VMA_KINDS
 from mmugather.core.constants import Geometry
+
+if TYPE_CHECKING:
+    from mmugather.core.aspace import AddressSpace
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,6 +38,12 @@ STATES = ("present", "swap", "swapcache", "zero", "migration", "marker", "hwpois
 OPS = ("exit", "munmap", "madvise_dontneed")
 #: The top of a scenario's address space: x86-64's TASK_SIZE_MAX, 2^47 - 4K.
 USER_TOP = (1 << 47) - 4096
+
+#: The most pages a scenario may populate unless told otherwise (``--max-pages``).
+MAX_PAGES = 1 << 24
+#: What a populated page costs the model, about: its page-state arrays and
+#: its PTE (``docs/performance.md``: 650 MiB for 16M PTEs, checker on).
+BYTES_PER_PAGE = 40
 
 TOP_KEYS = {"name", "description", "vma", "op"}
 VMA_KEYS = {"name", "start", "end", "kind", "exec", "file", "pgoff", "hugepage_size", "populate"}
@@ -76,6 +70,10 @@ class Populate:
     state: str
     every: int
 
+    def populated(self) -> int:
+        """Base pages this entry populates (one in ``every``)."""
+        return -(-self.pages // self.every)
+
 
 @attrs.frozen
 class VmaSpec:
@@ -99,12 +97,40 @@ class Scenario:
     path: str = ""
 
     def mapped_pages(self) -> int:
+        """Base pages mapped by present entries."""
         total = 0
         for vma in self.vmas:
             for pop in vma.populate:
                 if pop.state in ("present", "swapcache", "zero"):
-                    total += -(-pop.pages // pop.every)
+                    total += pop.populated()
         return total
+
+
+
+def page_cost(pop: Populate, start: int, kind: str, geo: Geometry) -> int:
+    """The pages a populate entry costs: the base pages it populates, in any
+    state (hugetlb and THPs included: each base page has its state), but at
+    least a PTE table's entries for each PTE table it needs, since each is
+    built and walked whole.  So a sparse entry (``every``) spread over a
+    huge VMA costs what its page tables cost, not the few pages it maps."""
+    pages = pop.populated()
+    if kind == "hugetlb" or pop.pmd_mapped:
+        return pages
+    first = start + pop.offset
+    last = first + (pages - 1) * pop.every * geo.page_size  # the last page populated
+    stride = pop.every * geo.page_size
+    if stride >= geo.pmd_size:
+        tables = pages  # one PTE table each
+    else:
+        tables = (last >> geo.pmd_shift) - (first >> geo.pmd_shift) + 1
+    return max(pages, tables * geo.ptrs_per_pte)
+
+
+def _cut(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: an error line
+    never echoes a megabyte of input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _int(path: str, key: str, value: Any, lo: int = 0, hi: int = 1 << 64) -> int:
@@ -113,7 +139,9 @@ def _int(path: str, key: str, value: Any, lo: int = 0, hi: int = 1 << 64) -> int
     if not lo <= value <= hi:
         # Addresses read best in hex, counts in decimal.
         fmt = "#x" if key.rsplit(".", 1)[-1] in ("start", "end", "offset") else ","
-        raise ScenarioError(path, key, f"{value:{fmt}} is outside {lo:{fmt}}..{hi:{fmt}}")
+        shown = (f"{value:{fmt}}" if abs(value) < 1 << 128
+                 else f"a {len(str(abs(value))):,}-digit number")
+        raise ScenarioError(path, key, f"{shown} is outside {lo:{fmt}}..{hi:{fmt}}")
     return value
 
 
@@ -127,7 +155,7 @@ def _str(path: str, key: str, value: Any, choices: tuple[str, ...] = ()) -> str:
     if not isinstance(value, str):
         raise ScenarioError(path, key, f"must be a string, not {type(value).__name__}")
     if choices and value not in choices:
-        raise ScenarioError(path, key, f"{value!r} is not one of {', '.join(choices)}")
+        raise ScenarioError(path, key, f"{_cut(value)} is not one of {', '.join(choices)}")
     return value
 
 
@@ -136,6 +164,7 @@ def _keys(path: str, key: str, table: Any, allowed: set[str], required: tuple[st
         raise ScenarioError(path, key, "must be a table")
     for k in table:
         if k not in allowed:
+            k = k if len(k) <= 40 else f"{k[:40]}..."
             raise ScenarioError(
                 path, f"{key}.{k}" if key else k,
                 f"unknown key (allowed: {', '.join(sorted(allowed))})",
@@ -145,10 +174,15 @@ def _keys(path: str, key: str, table: Any, allowed: set[str], required: tuple[st
             raise ScenarioError(path, f"{key}.{k}" if key else k, "missing")
 
 
-def parse(data: dict[str, Any], path: str, page_size: int = 4096) -> Scenario:
+def parse(
+    data: dict[str, Any], path: str, page_size: int = 4096, max_pages: int = MAX_PAGES
+) -> Scenario:
     """Validate a decoded TOML document.  Checks that need the arch's
-    geometry (PMD alignment) use the x86-64 one here and again in build()."""
+    geometry (PMD alignment) use the x86-64 one here and again in build().
+    At most ``max_pages`` pages may be populated (:data:`MAX_PAGES`,
+    counted by :func:`page_cost`)."""
     geo = Geometry(page_size)
+    populated = 0
     _keys(path, "", data, TOP_KEYS, ("vma", "op"))
     name = _str(path, "name", data.get("name", path))
     description = _str(path, "description", data.get("description", ""))
@@ -180,7 +214,7 @@ def parse(data: dict[str, Any], path: str, page_size: int = 4096) -> Scenario:
             raw_h = raw.get("hugepage_size", "pmd")
             if raw_h not in ("pmd", "pud"):
                 raise ScenarioError(
-                    path, f"{key}.hugepage_size", f"{raw_h!r} is neither \"pmd\" nor \"pud\""
+                    path, f"{key}.hugepage_size", f"{_cut(raw_h)} is neither \"pmd\" nor \"pud\""
                 )
             hsize = geo.pmd_size if raw_h == "pmd" else geo.pud_size
             hmark = HUGE_PMD if raw_h == "pmd" else HUGE_PUD
@@ -192,6 +226,15 @@ def parse(data: dict[str, Any], path: str, page_size: int = 4096) -> Scenario:
             _populate(path, f"{key}.populate[{k}]", p, start, end, kind, hsize, geo)
             for k, p in enumerate(_list(path, f"{key}.populate", raw.get("populate", [])))
         )
+        for j, pop in enumerate(pops):
+            populated += page_cost(pop, start, kind, geo)
+            if populated > max_pages:
+                raise ScenarioError(
+                    path, f"{key}.populate[{j}]",
+                    f"{populated:,} pages populated so far (a sparse PTE table counts "
+                    f"whole), more than the limit of {max_pages:,} (about {_memory(max_pages)} "
+                    f"of memory at {BYTES_PER_PAGE} bytes a page); --max-pages N raises it",
+                )
         _no_double_mapping(path, key, pops, page_size)
         vmas.append(
             VmaSpec(
@@ -237,6 +280,11 @@ def parse(data: dict[str, Any], path: str, page_size: int = 4096) -> Scenario:
         raise ScenarioError(path, "op", "no operations")
     return Scenario(name=name, description=description, vmas=tuple(vmas), ops=tuple(ops),
                     path=path)
+
+
+def _memory(pages: int) -> str:
+    size = pages * BYTES_PER_PAGE
+    return f"{size / (1 << 20):,.0f} MiB" if size >= 1 << 20 else f"{size / 1024:,.0f} KiB"
 
 
 def _list(path: str, key: str, value: Any) -> list[Any]:
@@ -322,16 +370,42 @@ def _no_double_mapping(path: str, key: str, pops: tuple[Populate, ...], page_siz
             )
 
 
-def load(path: str, page_size: int = 4096) -> Scenario:
+def load(path: str, page_size: int = 4096, max_pages: int = MAX_PAGES) -> Scenario:
     """Read and validate a scenario file."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
     except OSError as exc:
         raise ScenarioError(path, "", f"cannot read: {exc.strerror or exc}") from None
+    return parse(_decode(raw, path), path, page_size, max_pages)
+
+
+NL = b"\n"
+#: An integer literal too long for int() (sys.get_int_max_str_digits()).
+_LONG_DIGITS = re.compile(rb"[0-9_]{4300,}")
+
+
+def _decode(raw: bytes, path: str) -> dict[str, Any]:
+    """The TOML document; every way it can fail is one line naming the file."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(NL, 0, exc.start) + 1
+        raise ScenarioError(f"{path}:{line}", "", f"not UTF-8: byte {raw[exc.start]:#04x} "
+                            f"at offset {exc.start:,}") from None
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+        return data
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(path, "", f"not TOML: {exc}") from None
-    return parse(data, path, page_size)
+    except RecursionError:
+        raise ScenarioError(path, "", "not TOML as this reader takes it: arrays or "
+                            "tables nested too deeply") from None
+    except ValueError:
+        # tomllib hands int() a literal longer than Python converts.
+        m = _LONG_DIGITS.search(raw)
+        where = f"{path}:{raw.count(NL, 0, m.start()) + 1}" if m else path
+        raise ScenarioError(where, "", "an integer of more than 4,300 digits") from None
 
 
 BUILTIN_PACKAGE = "mmugather.core.scenarios"
@@ -342,217 +416,39 @@ def builtin_names() -> list[str]:
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
 
 
-def load_builtin(name: str, page_size: int = 4096) -> Scenario:
+def load_builtin(name: str, page_size: int = 4096, max_pages: int = MAX_PAGES) -> Scenario:
     files = resources.files(BUILTIN_PACKAGE)
     item = files / f"{name}.toml"
     if not item.is_file():
         raise ScenarioError(name, "", f"no such built-in scenario (built-in: "
                             f"{', '.join(builtin_names())})")
     data = tomllib.loads(item.read_text())
-    return parse(data, f"<builtin {name}>", page_size)
+    return parse(data, f"<builtin {name}>", page_size, max_pages)
 
 
-def resolve(name_or_path: str, page_size: int = 4096) -> Scenario:
+def resolve(name_or_path: str, page_size: int = 4096, max_pages: int = MAX_PAGES) -> Scenario:
     """A built-in scenario by name, else a file path."""
-    if name_or_path in builtin_names():
-        return load_builtin(name_or_path, page_size)
-    return load(name_or_path, page_size)
+    names = builtin_names()
+    if name_or_path in names:
+        return load_builtin(name_or_path, page_size, max_pages)
+    if ("/" not in name_or_path and not name_or_path.endswith(".toml")
+            and not os.path.exists(name_or_path)):
+        raise ScenarioError(name_or_path, "", "no such built-in scenario or file (built-in: "
+                            f"{', '.join(names)}; 'mmugather scenarios' describes them)")
+    return load(name_or_path, page_size, max_pages)
 
 
 def check_geometry(scenario: Scenario, geo: Geometry) -> None:
-    """The checks that depend on the arch's geometry: folio orders against
-    its PMD order, alignment to its huge page sizes, and the page cache (one
-    folio order per file page, folios at aligned file offsets)."""
-    path = scenario.path
-    pmd_order = geo.pmd_shift - geo.page_shift
-    cache: dict[tuple[str, int], int] = {}
-    for n, spec in enumerate(scenario.vmas):
-        key = f"vma[{n}]"
-        if spec.kind == "hugetlb":
-            size = geo.pmd_size if spec.hugepage_size == HUGE_PMD else geo.pud_size
-            if spec.start % size or spec.end % size:
-                raise ScenarioError(path, key, f"a hugetlb VMA must be aligned to {size:#x} "
-                                    "on this arch")
-            continue
-        for k, pop in enumerate(spec.populate):
-            pkey = f"{key}.populate[{k}]"
-            order = pmd_order if pop.folio_order == PMD_ORDER else pop.folio_order
-            if order > pmd_order:
-                raise ScenarioError(path, f"{pkey}.folio_order",
-                                    f"order {order} is above this arch's PMD order {pmd_order}")
-            if pop.pmd_mapped and order != pmd_order:
-                raise ScenarioError(path, f"{pkey}.pmd_mapped",
-                                    f"only a folio of this arch's PMD order ({pmd_order}) "
-                                    "maps with a PMD")
-            nr = 1 << order
-            folio_bytes = geo.page_size << order
-            if order and ((spec.start + pop.offset) % folio_bytes
-                          or (pop.pages * geo.page_size) % folio_bytes):
-                raise ScenarioError(path, pkey, f"folios of order {order} must start and end "
-                                    f"{folio_bytes:#x}-aligned on this arch")
-            if spec.kind not in ("file", "file-shared") or pop.state != "present":
-                continue
-            first = spec.pgoff + pop.offset // geo.page_size
-            if first % nr:
-                raise ScenarioError(path, pkey, f"file folios of order {order} sit at file "
-                                    f"offsets aligned to {nr} pages; this one starts at {first}")
-            step = nr if order else pop.every
-            for index in range(first, first + pop.pages, step):
-                have = cache.setdefault((spec.file, index), order)
-                if have != order:
-                    raise ScenarioError(path, pkey, f"page {index} of file {spec.file!r} is "
-                                        f"cached already as a folio of order {have}, not {order}")
+    """The checks that depend on the arch's geometry (folio orders, huge
+    page alignment, the page cache); ``core/scenario_build.py``."""
+    from mmugather.core.scenario_build import check_geometry as check
+
+    check(scenario, geo)
 
 
 def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
-    """Materialise the scenario's address space for one arch geometry
-    (after :func:`check_geometry`)."""
-    check_geometry(scenario, geo)
-    aspace = AddressSpace(geometry=geo)
-    store = aspace.pages
-    page_size = geo.page_size
-    pmd_order = geo.pmd_shift - geo.page_shift
-    for spec in scenario.vmas:
-        hpage = {HUGE_PMD: geo.pmd_size, HUGE_PUD: geo.pud_size}.get(spec.hugepage_size, 0)
-        vma = MmVma(
-            start=spec.start, end=spec.end, kind=spec.kind, exec=spec.exec, name=spec.name,
-            hpage_size=hpage, file=spec.file, pgoff=spec.pgoff,
-        )
-        aspace.vmas.append(vma)
-        for pop in spec.populate:
-            if pop.folio_order == PMD_ORDER:
-                pop = attrs.evolve(pop, folio_order=pmd_order)
-            if spec.kind == "hugetlb":
-                _populate_hugetlb(aspace, vma, pop)
-                continue
-            bits = PTE_PRESENT | (PTE_DIRTY if pop.dirty else 0) | (PTE_YOUNG if pop.young else 0)
-            if (spec.kind == "anon" and pop.state in ("present", "swapcache")
-                    and pop.folio_order == 0 and pop.every == 1):
-                _populate_small_anon(aspace, spec.start + pop.offset, pop, bits)
-                continue
-            nr = 1 << pop.folio_order
-            addr = spec.start + pop.offset
-            last = addr + pop.pages * page_size
-            step = page_size * pop.every
-            while addr < last:
-                if pop.state == "swap":
-                    slot = aspace.next_swap
-                    aspace.next_swap += 1
-                    aspace.swap_map[slot] = 1
-                    aspace.set_pte(addr, slot << 8 | SWP_SWAP)
-                elif pop.state == "zero":
-                    aspace.set_pte(addr, ZERO_PFN << 8 | PTE_PRESENT | PTE_SPECIAL)
-                elif pop.state == "marker":
-                    aspace.set_pte(addr, 1 << 8 | SWP_MARKER)
-                elif pop.state == "hwpoison":
-                    aspace.set_pte(addr, 1 << 8 | SWP_HWPOISON)
-                elif pop.state == "migration":
-                    head = store.new_folio(0, F_ANON if spec.kind == "anon" else 0)
-                    aspace.set_pte(addr, head << 8 | SWP_MIGRATION)
-                elif spec.kind == "pfnmap":
-                    aspace.set_pte(addr, ((addr >> geo.page_shift) | 1 << 36) << 8 | bits
-                                   | PTE_SPECIAL)
-                else:
-                    head = _folio_for(aspace, vma, addr, pop, nr)
-                    if pop.pmd_mapped:
-                        _map_pmd(aspace, vma, addr, head, bits)
-                        addr += nr * page_size
-                        continue
-                    for j in range(nr):
-                        _map_pte(aspace, addr + j * page_size, head + j, bits)
-                    addr += nr * page_size
-                    continue
-                addr += step
-    return aspace
+    """Materialise the scenario's address space for one arch geometry (after
+    :func:`check_geometry`); ``core/scenario_build.py``."""
+    from mmugather.core.scenario_build import build as build_aspace
 
-
-def _folio_for(aspace: AddressSpace, vma: MmVma, addr: int, pop: Populate, nr: int) -> int:
-    """The folio mapped at ``addr``: new for anon, from the page cache for files."""
-    store = aspace.pages
-    if vma.kind == "anon":
-        flags = F_ANON | (F_SWAPCACHE if pop.state == "swapcache" else 0)
-        head = store.new_folio(pop.folio_order, flags)
-        if flags & F_SWAPCACHE:
-            store.refcount[head - PFN_BASE] += nr
-        return head
-    index = vma.pgoff + ((addr - vma.start) >> aspace.geometry.page_shift)
-    key = (vma.file, index)
-    head = aspace.page_cache.get(key, 0)
-    if not head:
-        flags = F_SHARED if vma.kind == "file-shared" else 0
-        head = store.new_folio(pop.folio_order, flags)
-        store.refcount[head - PFN_BASE] += 1  # the page cache's reference
-        for j in range(nr):
-            aspace.page_cache[(vma.file, index + j)] = head + j
-    elif store.order[store.head[head - PFN_BASE]] != pop.folio_order:
-        raise ScenarioError(vma.file, "populate",
-                            "a file page is cached already with another folio order")
-    return head
-
-
-def _map_pte(aspace: AddressSpace, addr: int, pfn: int, bits: int) -> None:
-    store = aspace.pages
-    idx = pfn - PFN_BASE
-    head = store.head[idx]
-    aspace.set_pte(addr, pfn << 8 | bits)
-    if store.mapcount[idx] == 0:
-        store.nr_mapped[head] += 1
-    store.mapcount[idx] += 1
-    store.refcount[head] += 1
-
-
-def _map_pmd(aspace: AddressSpace, vma: MmVma, addr: int, head: int, bits: int) -> None:
-    geo = aspace.geometry
-    aspace.ensure_tables(addr, upto="pmd")
-    pmd_i = addr >> geo.pmd_shift
-    aspace.huge_pmds[pmd_i] = head << 8 | bits
-    store = aspace.pages
-    store.entire_mapcount[head - PFN_BASE] += 1
-    store.refcount[head - PFN_BASE] += 1
-    if vma.kind == "anon":
-        # An anon THP keeps a PTE table in reserve for a later split.
-        aspace.deposited[pmd_i] = aspace.new_table("pte", addr)
-
-
-def _populate_hugetlb(aspace: AddressSpace, vma: MmVma, pop: Populate) -> None:
-    geo = aspace.geometry
-    sz = vma.hpage_size
-    order = (sz // geo.page_size).bit_length() - 1
-    store = aspace.pages
-    addr = vma.start + pop.offset
-    last = addr + pop.pages * geo.page_size
-    while addr < last:
-        if sz >= geo.pud_size:
-            aspace.ensure_tables(addr, upto="pud")
-            table, key = aspace.huge_puds, addr >> geo.pud_shift
-        else:
-            aspace.ensure_tables(addr, upto="pmd")
-            table, key = aspace.huge_pmds, addr >> geo.pmd_shift
-        if pop.state == "migration":
-            table[key] = 1 << 8 | SWP_MIGRATION
-        else:
-            head = store.new_folio(order, F_HUGETLB)
-            store.entire_mapcount[head - PFN_BASE] = 1
-            store.refcount[head - PFN_BASE] = 2  # the mapping and hugetlbfs' page cache
-            table[key] = head << 8 | PTE_PRESENT | (PTE_DIRTY if pop.dirty else 0)
-        addr += sz
-
-
-def _populate_small_anon(aspace: AddressSpace, addr: int, pop: Populate, bits: int) -> None:
-    """The common case in bulk: a run of order-0 anon pages, a PTE table at a time."""
-    geo = aspace.geometry
-    swapcache = pop.state == "swapcache"
-    flags = F_ANON | (F_SWAPCACHE if swapcache else 0)
-    first = aspace.pages.new_small_folios(pop.pages, flags, 1, 2 if swapcache else 1)
-    per_table = geo.ptrs_per_pte
-    left = pop.pages
-    pfn = first
-    while left:
-        table = aspace.ensure_tables(addr)
-        assert table is not None
-        i = (addr >> geo.page_shift) & (per_table - 1)
-        n = min(left, per_table - i)
-        table.entries[i : i + n] = array("q", [(p << 8) | bits for p in range(pfn, pfn + n)])
-        pfn += n
-        left -= n
-        addr += n * geo.page_size
+    return build_aspace(scenario, geo)

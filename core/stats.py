@@ -38,7 +38,7 @@ ROWS: list[tuple[str, str]] = [
     ("folio_puts", "folio reference drops (calls)"),
     ("folios_freed", "folios freed"),
     ("deferred_split", "folios queued for deferred split"),
-    ("deferred_split_spurious", "deferred splits, spurious (same gather unmaps all)"),
+    ("deferred_split_spurious", "deferred splits, spurious"),
     ("tables_page_batch", "page tables freed: as pages"),
     ("tables_rcu", "page tables freed: after RCU"),
     ("tables_ipi", "page tables freed: IPI, then at once"),
@@ -47,6 +47,17 @@ ROWS: list[tuple[str, str]] = [
 ]
 
 
+#: Rows counted from the address-space callers' events alone (``CALLER_EVENTS``):
+#: a replay's log has none of them, so for it these rows would be 0 whatever
+#: happened.  "violations" needs the checker, which a log does not record.
+CALLER_ROWS = frozenset({
+    "ptes_zapped", "pmds_zapped", "huge_zapped", "swap_freed", "forced_flushes",
+    "forced_full", "rmap_now", "folios_freed", "deferred_split", "deferred_split_spurious",
+    "violations",
+})
+
+#: pte_clear level -> row; "pud" comes only from ``replay --check``, whose log
+#: shows no caller rows.
 _LEVEL_KEY = {"pte": "ptes_zapped", "pmd": "pmds_zapped", "huge": "huge_zapped"}
 
 
@@ -101,7 +112,9 @@ class RunStats:
 
     def _pte_clear(self, ev: dict[str, Any]) -> None:
         level = ev["level"]
-        self.c[_LEVEL_KEY[level]] += 1
+        key = _LEVEL_KEY.get(level)
+        if key is not None:
+            self.c[key] += 1
         self._clear_level = level
 
     def pte_clear_rows(self, rows: list[ClearRow]) -> None:
