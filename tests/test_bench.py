@@ -6,7 +6,6 @@ docs/performance.md, written by ``mmugather bench --output``).
 
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
@@ -16,11 +15,11 @@ from mmugather.core.arch import make_machine
 from mmugather.core.events import make_emit
 from mmugather.core.replay import C_FINISH, C_FLUSH, C_GATHER, C_QUEUE, Compiled, parse
 
+from mmugather.cli import main
 from mmugather.cli.bench import (
     END_MARK,
     QUEUE_CAPACITY,
     START_MARK,
-    add_bench_parser,
     collect_events,
     generate_ops,
     stock_structlog_emit,
@@ -129,16 +128,15 @@ def test_write_section_replaces_only_the_marked_section(tmp_path: Path) -> None:
 def test_bench_command_writes_the_marked_section(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    parser = argparse.ArgumentParser(prog="mmugather")
-    add_bench_parser(parser.add_subparsers(dest="command"))
     doc = tmp_path / "performance.md"
     doc.write_text(f"# Performance\n\nHow to run it.\n\n{START_MARK}\nstale\n{END_MARK}\n")
     for _ in range(2):
-        args = parser.parse_args(["bench", "--ops", "2000", "--repeat", "1", "--output", str(doc)])
-        assert args.func(args) == 0
+        assert main(["bench", "--ops", "2000", "--repeat", "1", "--output", str(doc)]) == 0
     out, err = capsys.readouterr()
     assert "| replay, events to /dev/null" in out
-    assert "bench: generating 2,000 ops" in err
+    # stderr is no terminal here: no progress, only where the figures went
+    assert err == f"bench: figures written to {doc}\n" * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["performance.md"]
     text = doc.read_text()
     assert text.startswith("# Performance\n\nHow to run it.\n\n")
     assert text.count(START_MARK) == 1 and text.count(END_MARK) == 1
@@ -152,8 +150,8 @@ def test_bench_command_writes_the_marked_section(
 
 
 def test_bench_command_rejects_an_unknown_arch(capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser(prog="mmugather")
-    add_bench_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "--ops", "100", "--arch", "no-such-arch"])
-    assert args.func(args) == 2
-    assert "no-such-arch" in capsys.readouterr().err
+    assert main(["bench", "--ops", "100", "--arch", "no-such-arch"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("mmugather: unknown arch 'no-such-arch' (known: generic-smp, up, "
+                            "s390, page-size, rcu-table-free)\n")

@@ -6,6 +6,7 @@ numbers again), and the usage errors.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -16,10 +17,13 @@ import pytest
 from mmugather.core import scenario
 from mmugather.core.check import RULES
 from mmugather.core.mutants import MUTANTS
+from mmugather.core.run import ArchRun
 from mmugather.core.stats import ROWS, RunStats
 from teardown_kit import ARCHES, spec
 
 from mmugather import cli
+from mmugather.cli.run import format_table
+from mmugather.cli.table import format_bytes, format_cell, format_ratio
 
 KEYS = [k for k, _ in ROWS]
 
@@ -39,20 +43,77 @@ def stats_of_log(path: Path) -> dict[str, int]:
     return stats.as_dict()
 
 
+def table_cells(out: str) -> dict[str, dict[str, str]]:
+    """A printed table as {column: {row label: cell}}, its blocks joined
+    (a block starts with a header line whose label column is blank)."""
+    cells: dict[str, dict[str, str]] = {}
+    cols: list[str] | None = None
+    for line in out.splitlines():
+        if not line.strip():
+            cols = None
+        elif line.startswith(" "):
+            cols = line.split()
+        elif cols is not None:
+            label, *values = re.split(r" {2,}", line)
+            if len(values) == len(cols):
+                for col, value in zip(cols, values, strict=True):
+                    cells.setdefault(col, {})[label] = value
+    return cells
+
+
 def test_run_with_no_arguments_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = run_cli(capsys)
     assert status == 0
     assert err == ""
     lines = out.splitlines()
     assert lines[0] == "scenario: default"
-    assert lines[1].split() == list(ARCHES)
-    for (_key, label), line in zip(ROWS, lines[2:2 + len(ROWS)], strict=True):
-        assert line.startswith(label)
-        cells = line[len(label):].split()
-        assert len(cells) == len(ARCHES)
-        assert all(c.replace(",", "").isdigit() for c in cells)
+    assert max(len(line) for line in lines[:len(ROWS) + 6]) <= 100
+    cells = table_cells(out)
+    assert list(cells) == list(ARCHES)
+    for arch in ARCHES:
+        assert list(cells[arch]) == [label for _, label in ROWS]
+        for key, label in ROWS:
+            cell = cells[arch][label]
+            if key == "tlb_flush_bytes":
+                assert re.fullmatch(r"0|\d+ B|[\d.]+ [KMGTPE]iB", cell), cell
+            else:
+                assert cell.replace(",", "").isdigit(), cell
+    assert 'rows: docs/scenarios.md, "The table"' in out
     assert lines[-1] == "no invariant violations"
-    assert "invariant violations" in out.splitlines()[1 + len(ROWS)]
+
+
+def test_run_table_wraps_by_arch_within_100_columns() -> None:
+    """More arches than 100 columns hold: blocks of whole columns, each
+    repeating the row labels."""
+    names = [f"arch-with-a-long-name-{k}" for k in range(7)]
+    runs = [ArchRun(arch=n, stats={k: 10**9 + i for i, (k, _) in enumerate(ROWS)},
+                    violations=[], violation_counts={}, seconds=0.0, mapped_ptes=0)
+            for n in names]
+    text = format_table(runs)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    cells = table_cells(text)
+    assert list(cells) == names
+    assert cells[names[6]]["PTEs zapped"] == "1,000,000,000"
+    assert cells[names[0]]["bytes covered by range flushes"] == "954 MiB"
+    blocks = text.split("\n\n")
+    assert len(blocks) > 1
+    assert all(block.count("PTEs zapped") == 1 for block in blocks)
+
+
+@pytest.mark.parametrize(("n", "text"), [
+    (0, "0"), (512, "512 B"), (1024, "1 KiB"), (98304, "96 KiB"), (1536 * 1024, "1.5 MiB"),
+    (4 << 30, "4 GiB"), (1000 * 1024, "1000 KiB"), ((1 << 47) - 4096, "128 TiB"),
+])
+def test_byte_counts_have_units(n: int, text: str) -> None:
+    assert format_bytes(n) == text
+
+
+@pytest.mark.parametrize(("r", "text"), [
+    (None, "-"), (0.0, "0"), (9 / 4096, "0.0022"), (1 / 8192, "0.00012"), (0.011, "0.01"),
+    (0.5, "0.50"), (1.0, "1.00"), (12.345, "12.35"),
+])
+def test_ratios_keep_small_values(r: float | None, text: str) -> None:
+    assert format_ratio(r) == text
 
 
 def test_table_numbers_are_the_json_numbers(capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,10 +129,10 @@ def test_table_numbers_are_the_json_numbers(capsys: pytest.CaptureFixture[str]) 
         assert r["mutant"] is None and r["mutant_applies"] is True
         assert r["stats"]["ptes_zapped"] > 0
     _, table, _ = run_cli(capsys)
-    rows = table.splitlines()[2:2 + len(ROWS)]
-    for (key, label), line in zip(ROWS, rows, strict=True):
-        cells = [int(c.replace(",", "")) for c in line[len(label):].split()]
-        assert cells == [r["stats"][key] for r in runs], key
+    cells = table_cells(table)
+    for key, label in ROWS:
+        assert [cells[r["arch"]][label] for r in runs] == [
+            format_cell(key, r["stats"][key]) for r in runs], key
 
 
 def test_arch_option_selects_and_orders_columns(capsys: pytest.CaptureFixture[str]) -> None:
@@ -169,7 +230,11 @@ def test_scenario_file_argument(tmp_path: Path, capsys: pytest.CaptureFixture[st
         (["--arch", "vax"], "unknown arch 'vax'"),
         (["--arch", "up", "--arch", "vax"], "unknown arch 'vax'"),
         (["--mutant", "nope"], "unknown mutant 'nope'"),
-        (["no-such-scenario"], "no-such-scenario: cannot read"),
+        (["no-such-scenario"], "no-such-scenario: no such built-in scenario or file "
+         "(built-in: default, "),
+        (["--arch", "up", "--arch", "up"], "arch 'up' is named twice"),
+        (["--show", "-1"], "run: argument --show: -1 is negative"),
+        (["--max-pages", "0"], "run: argument --max-pages: must be at least 1"),
         (["--page-size", "16384", "--arch", "s390"], "does not support --page-size 16384"),
     ],
 )

@@ -350,11 +350,19 @@ def test_compare_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 0
     lines = out.splitlines()
     assert lines[0] == "scenario: thp-pte   arch: generic-smp"
-    assert lines[1].split() == ["legacy", "ranges", "ranges/legacy"]
-    row = next(line for line in lines if line.startswith("rmap removal calls"))
-    assert row.split()[-3:] == ["4,096", "9", "0.00"]
-    assert next(line for line in lines if line.startswith("forced flushes: queue full")
+    assert lines[1].split() == ["legacy", "ranges"]
+    assert max(len(line) for line in lines) <= 100
+    counts, ratios = out.split("\nratio to legacy")
+    row = next(line for line in counts.splitlines() if line.startswith("rmap removal calls"))
+    assert row.split()[-2:] == ["4,096", "9"]
+    ratio_lines = ratios.splitlines()
+    assert ratio_lines[0].split() == ["ranges"]
+    # 9 / 4,096, not rounded away to 0.00
+    row = next(line for line in ratio_lines if line.startswith("rmap removal calls"))
+    assert row.split()[-1] == "0.0022"
+    assert next(line for line in ratio_lines if line.startswith("forced flushes: queue full")
                 ).split()[-1] == "-"
+    assert lines[-1].startswith("rows: docs/scenarios.md; ratio: ")
 
 
 def test_compare_rejects_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
@@ -382,9 +390,16 @@ def test_run_strategy_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["runs"][0]["strategy"] == "ranges"
     assert doc["runs"][0]["stats"]["rmap_calls"] == 9
     assert main(["run", "thp-pte", "--arch", "generic-smp", "--strategy", "legacy"]) == 0
-    assert capsys.readouterr().out.startswith("strategy: legacy\n")
+    assert capsys.readouterr().out.startswith("scenario: thp-pte   strategy: legacy\n")
+    # A rejection prints nothing on stdout, the strategy line included.
     assert main(["run", "--strategy", "legacy", "--mutant", "no-discard-rmaps"]) == 2
-    assert "another caller" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("mmugather: mutant 'no-discard-rmaps' changes the seed patch's "
+                            "zap_pte_range(); strategy 'legacy' has another caller\n")
+    assert main(["run", "--strategy", "legacy", "--arch", "vax"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("mmugather: unknown arch 'vax'")
 
 
 REPLAY = (

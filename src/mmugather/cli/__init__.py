@@ -4,16 +4,26 @@ parser.  The engine (:mod:`mmugather.core`) imports nothing from here."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from mmugather import __version__
-from mmugather.cli.common import EXIT_OK, EXIT_USAGE
+from mmugather.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, run_command
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a rejected option reported in one line like every
+    other error (argparse prints the usage as well)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("mmugather").strip()
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_USAGE, f"mmugather: {where}{message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mmugather",
         description="An executable model of the Linux kernel's mmu_gather "
         "(v6.5 with the generalized rmap-removal patch).",
@@ -43,15 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
+    """The command line; returns the exit status (``--help`` and rejected
+    options included: argparse's ``SystemExit`` ends here)."""
     try:
-        return int(args.func(args))
-    except BrokenPipeError:
-        # A closed pipe (| head) is not an error of ours.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("mmugather: interrupted\n")
+        return EXIT_INTERRUPTED
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    # Called without argv, main() is the process (the console script, python
+    # -m mmugather) and may take over its stdout on the way out.
+    return run_command(args.func, args, process=argv is None)

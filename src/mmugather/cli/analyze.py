@@ -6,18 +6,25 @@ The run counters come from the same observer ``run`` uses
 flushes per VMA, the queue length at each flush, the lengths of the
 ``tlb_flush_rmaps()`` walks, page tables freed by path; and ``--trace`` writes
 a Chrome / Perfetto trace-event JSON timeline.
+
+Every line is checked before it is counted (:data:`FIELDS`): a log that is
+not mmugather's, or was cut or edited, is one ``FILE:LINE: reason``.  A
+replay's log has none of the callers' events (no ``vma_unmap``), so the rows
+counted from them (``stats.CALLER_ROWS``) are left out rather than shown as 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from mmugather.core.stats import ROWS, RunStats
+from mmugather.cli import table
+from mmugather.cli.common import STATUS_HELP, CliError, echo, outputs
+from mmugather.cli.progress import Progress
+from mmugather.core.stats import CALLER_ROWS, ROWS, RunStats
 
 try:
     import orjson
@@ -31,6 +38,88 @@ class LogError(Exception):
     """``FILE:LINE: reason``."""
 
 
+# Field types, as docs/events.md gives them.
+INT, NAT, BOOL, STR, INTS, RANGES = "int", "nat", "bool", "str", "ints", "ranges"
+_TYPE_NAMES = {INT: "an integer", NAT: "an integer >= 0", BOOL: "true or false",
+               STR: "a string", INTS: "a list of integers", RANGES: "a list of [start, nr] pairs"}
+
+#: event -> {field: type or the allowed strings}: every field this module and
+#: RunStats read.  Other events and fields pass unchecked: they are not read.
+FIELDS: dict[str, dict[str, Any]] = {
+    "pte_clear": {"level": ("pte", "pmd", "pud", "huge")},
+    "tlb_flush": {"scope": ("mm", "range")},
+    "batch_alloc": {"what": STR, "ok": BOOL},
+    "rmap_remove": {"page": INT},
+    "rmap_remove_range": {"nr": NAT},
+    "rmap_remove_ptes": {"nr": NAT},
+    "large_folio_rmap": {"folio_atomics": NAT, "mapped": NAT, "folio": INT},
+    "force_flush": {"full": BOOL},
+    "rmap_walk": {"walked": NAT},
+    "free_pages": {"pages": INTS},
+    "free_ranges": {"ranges": RANGES},
+    "folio_free": {"folios": INTS},
+    "deferred_split": {"folio": INT},
+    "rcu_queue": {"tables": INTS},
+    "table_free": {"tables": INTS},
+    "vma_unmap": {"kind": STR, "vma_start": INT},
+    "flush_cache_range": {"start": INT, "end": INT},
+    "ptl_lock": {"table": INT},
+    "violation": {"rule": STR},
+}
+#: A range flush says where.
+_RANGE_FIELDS = {"start": INT, "end": INT}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _fits(kind: Any, v: Any) -> bool:
+    if isinstance(kind, tuple):
+        return isinstance(v, str) and v in kind
+    if kind == INT:
+        return _is_int(v)
+    if kind == NAT:
+        return _is_int(v) and v >= 0
+    if kind == BOOL:
+        return isinstance(v, bool)
+    if kind == STR:
+        return isinstance(v, str)
+    if kind == INTS:
+        return isinstance(v, list) and all(_is_int(x) for x in v)
+    return isinstance(v, list) and all(
+        isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and _is_int(p[1]) for p in v)
+
+
+def _expected(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return "one of " + ", ".join(f'"{k}"' for k in kind)
+    return _TYPE_NAMES[kind]
+
+
+def check_event(ev: Any) -> str | None:
+    """Why ``ev`` cannot be counted, or None."""
+    if not isinstance(ev, dict) or not isinstance(ev.get("event"), str):
+        return "not an event (an object with an 'event' name)"
+    name = ev["event"]
+    fields = FIELDS.get(name)
+    if fields is None:
+        return None
+    if name == "tlb_flush" and ev.get("scope") == "range":
+        fields = {**fields, **_RANGE_FIELDS}
+    for field, kind in fields.items():
+        if field not in ev:
+            return f"{_cut(name)}: field {field!r} is missing"
+        if not _fits(kind, ev[field]):
+            return (f"{_cut(name)}: field {field!r} must be {_expected(kind)}, "
+                    f"not {_cut(json.dumps(ev[field]), 40)}")
+    return None
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def read_events(path: str) -> Iterator[dict[str, Any]]:
     """The event dicts of a JSON Lines log, validated line by line."""
     try:
@@ -38,17 +127,21 @@ def read_events(path: str) -> Iterator[dict[str, Any]]:
     except OSError as exc:
         raise LogError(f"{path}: cannot read: {exc.strerror}") from None
     with f:
-        for lineno, raw in enumerate(f, 1):
-            raw = raw.strip()
-            if not raw:
-                continue
-            try:
-                ev = _loads(raw)
-            except ValueError as exc:
-                raise LogError(f"{path}:{lineno}: not JSON: {exc}") from None
-            if not isinstance(ev, dict) or not isinstance(ev.get("event"), str):
-                raise LogError(f"{path}:{lineno}: not an event (an object with an 'event' name)")
-            yield ev
+        try:
+            for lineno, raw in enumerate(f, 1):
+                raw = raw.strip()
+                if not raw:
+                    continue
+                try:
+                    ev = _loads(raw)
+                except (ValueError, RecursionError) as exc:
+                    raise LogError(f"{path}:{lineno}: not JSON: {_cut(str(exc), 120)}") from None
+                why = check_event(ev)
+                if why is not None:
+                    raise LogError(f"{path}:{lineno}: {why}")
+                yield ev
+        except OSError as exc:
+            raise LogError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 class Analysis:
@@ -60,6 +153,8 @@ class Analysis:
         self.queue_at_flush: list[int] = []
         self.walks: Counter[int] = Counter()
         self.events = 0
+        #: VMAs the callers unmapped: a run's log has them, a replay's none
+        self.vma_unmaps = 0
         self._vma = "-"
         self._named = False
         self._queued = 0
@@ -68,7 +163,9 @@ class Analysis:
         self.events += 1
         self.stats.feed(ev)
         name = ev["event"]
+
         if name == "vma_unmap":
+            self.vma_unmaps += 1
             self._vma = f"{ev['kind']}@{ev['vma_start']:#x}"
             self._named = True
         elif name == "flush_cache_range":
@@ -97,11 +194,27 @@ class Analysis:
         elif name == "rmap_walk":
             self.walks[int(ev["walked"])] += 1
 
+    @property
+    def replay(self) -> bool:
+        """A replay's log: no VMA was unmapped by the callers, so the rows
+        counted from their events are not in it (``replay --check --detail``
+        adds some of their events, not all)."""
+        return self.vma_unmaps == 0
+
+    def counted(self, key: str) -> bool:
+        """Whether this log can count row ``key`` (a replay's log counts
+        violations only when it has some: its checker may not have run)."""
+        if not self.replay or key not in CALLER_ROWS:
+            return True
+        return key == "violations" and self.stats.c["violations"] > 0
+
     def as_json(self) -> dict[str, Any]:
         q = sorted(self.queue_at_flush)
         return {
+            "log": "replay" if self.replay else "run",
             "events": self.events,
-            "stats": self.stats.as_dict(),
+            "stats": {k: (v if self.counted(k) else None)
+                      for k, v in self.stats.as_dict().items()},
             "flushes_per_vma": dict(self.flushes_per_vma),
             "queue_at_flush": {
                 "flushes": len(q),
@@ -151,27 +264,34 @@ def _histogram(counts: Counter[int]) -> list[str]:
 def render(results: dict[str, Analysis]) -> str:
     lines = []
     archs = list(results)
-    labels = [label for _, label in ROWS]
-    width = max(len(x) for x in labels)
-    colw = [max(len(a), 12) for a in archs]
-    lines.append(f"{'':<{width}}  " + "  ".join(
-        f"{a:>{w}}" for a, w in zip(archs, colw, strict=True)))
-    for key, label in ROWS:
-        lines.append(f"{label:<{width}}  " + "  ".join(
-            f"{results[a].stats.c[key]:>{w},}" for a, w in zip(archs, colw, strict=True)))
+    if not archs:
+        return "no events"
+    rows = [(k, label) for k, label in ROWS if any(r.counted(k) for r in results.values())]
+    columns = [(a, [table.format_cell(k, results[a].stats.c[k]) if results[a].counted(k)
+                    else "-" for k, _ in rows]) for a in archs]
+    replays = [a for a in archs if results[a].replay]
+    for a in replays:
+        who = "the log" if a == "-" else a
+        lines.append(f"{who}: a replay's (no vma_unmap events): the rows counted from the "
+                     "callers' events (PTEs zapped, forced flushes, folios, violations) are left "
+                     "out")
+    lines.extend(table.render([label for _, label in rows], columns))
+    lines.append("rows: docs/scenarios.md, \"The table\"; the rest: docs/analysis.md")
     for arch, res in results.items():
         data = res.as_json()
         lines.append(f"\n== {arch}: {res.events:,} events")
         lines.append("  TLB flushes per VMA:")
         for vma, n in res.flushes_per_vma.most_common(12):
             lines.append(f"    {vma:<32} {n:>6,}")
+        if len(res.flushes_per_vma) > 12:
+            lines.append(f"    … {len(res.flushes_per_vma) - 12} more VMAs (--json for all)")
         q = data["queue_at_flush"]
-        lines.append(f"  queue length at each flush: {q['flushes']} flushes, min {q['min']}, "
-                     f"median {q['median']}, max {q['max']}")
+        lines.append(f"  queue length at each flush: {q['flushes']:,} flushes, min {q['min']:,}, "
+                     f"median {q['median']:,}, max {q['max']:,}")
         lines.append("  tlb_flush_rmaps walk lengths:")
         lines.extend(_histogram(res.walks))
         lines.append("  page tables freed: " + ", ".join(
-            f"{k} {v}" for k, v in data["tables_freed"].items()))
+            f"{k} {v:,}" for k, v in data["tables_freed"].items()))
     return "\n".join(lines)
 
 
@@ -251,26 +371,26 @@ def to_trace(path: str) -> dict[str, Any]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    # Opened first: a path that cannot be written is refused before the reading.
+    out = outputs().open(args.trace, text=True) if args.trace else None
     try:
-        results = analyze(args.events)
-        trace = to_trace(args.events) if args.trace else None
+        with Progress(f"analyze {args.events}"):
+            results = analyze(args.events)
+            trace = to_trace(args.events) if out is not None else None
     except LogError as exc:
-        sys.stderr.write(f"mmugather: {exc}\n")
-        return 2
-    if trace is not None:
-        try:
-            with open(args.trace, "w") as f:
-                json.dump(trace, f)
-        except OSError as exc:
-            sys.stderr.write(f"mmugather: {args.trace}: cannot write: {exc.strerror}\n")
-            return 2
+        raise CliError(str(exc)) from None
+    if not results:
+        raise CliError(f"{args.events}: no events in the log")
+    if out is not None and trace is not None:
+        json.dump(trace, out)
+        outputs().close_files()
     if args.json:
-        print(json.dumps({arch: res.as_json() for arch, res in results.items()}, indent=2))
+        echo(json.dumps({arch: res.as_json() for arch, res in results.items()}, indent=2))
     else:
-        print(render(results))
+        echo(render(results))
         if trace is not None:
-            print(f"\ntrace: {args.trace} ({len(trace['traceEvents']):,} trace events; open it "
-                  "in ui.perfetto.dev or chrome://tracing)")
+            echo(f"\ntrace: {args.trace} ({len(trace['traceEvents']):,} trace events; open it "
+                 "in ui.perfetto.dev or chrome://tracing)")
     return 0
 
 
@@ -281,10 +401,14 @@ def add_analyze_parser(sub: Any) -> None:
         description="Summarise an event log written by 'mmugather run --events' or "
         "'mmugather replay --events': the run table's counters (per arch when the log has "
         "an 'arch' field), TLB flushes per VMA, the queue length at each flush, a histogram "
-        "of tlb_flush_rmaps() walk lengths, page tables freed by path.",
+        "of tlb_flush_rmaps() walk lengths, page tables freed by path (docs/analysis.md). "
+        "A replay's log has no caller events: the rows counted from them are left out. "
+        "Exit status: 0; " + STATUS_HELP + " A line that is not an event mmugather wrote is "
+        "rejected as FILE:LINE: reason.",
     )
     p.add_argument("events", metavar="EVENTS", help="the JSON Lines event log")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--trace", metavar="PATH",
-                   help="also write a Chrome/Perfetto trace-event JSON timeline here")
+                   help="also write a Chrome/Perfetto trace-event JSON timeline here "
+                   "(complete or not at all)")
     p.set_defaults(func=cmd_analyze)

@@ -772,10 +772,10 @@ def write_section(
         if text and not text.endswith("\n"):
             text += "\n"
         text += ("\n" if text else "") + section
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    from mmugather.cli.common import atomic_output
+
+    with atomic_output(path, text=True) as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------
@@ -784,30 +784,37 @@ def write_section(
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from mmugather.core.arch import ArchError
+    from mmugather.cli.common import CliError, check_output, echo
+    from mmugather.cli.progress import Progress as Bar
+    from mmugather.core.arch import ArchError, registry
 
     if args.ops < 1 or args.repeat < 1:
-        sys.stderr.write("mmugather: --ops and --repeat must be at least 1\n")
-        return 2
-    if args.teardown:
-        from mmugather.cli.bench_teardown import format_teardown, run_teardown_bench
-
-        rows = run_teardown_bench(arch=args.arch, repeat=args.repeat)
-        text = format_teardown(rows, args.arch, args.repeat)
-        sys.stdout.write(text)
-        if args.output:
-            write_section(args.output, text, "<!-- bench:teardown:start -->",
-                          "<!-- bench:teardown:end -->")
-        return 0
+        raise CliError("--ops and --repeat must be at least 1")
     try:
-        result = run_bench(ops=args.ops, arch=args.arch, repeat=args.repeat, seed=args.seed)
+        registry().get(args.arch)
     except ArchError as exc:
-        sys.stderr.write(f"mmugather: {exc}\n")
-        return 2
-    report = format_report(result)
-    sys.stdout.write(report)
+        raise CliError(str(exc)) from None
     if args.output:
-        write_section(args.output, report)
+        # Refused now, not after minutes of measuring.
+        check_output(args.output)
+        if os.path.exists(args.output) and not os.access(args.output, os.R_OK):
+            raise CliError(f"{args.output}: cannot read it to keep the rest of the file")
+    with Bar("bench", delay=0) as bar:
+        if args.teardown:
+            from mmugather.cli.bench_teardown import format_teardown, run_teardown_bench
+
+            rows = run_teardown_bench(arch=args.arch, repeat=args.repeat,
+                                      progress=lambda m: bar.describe(f"bench: {m}"))
+            text = format_teardown(rows, args.arch, args.repeat)
+        else:
+            result = run_bench(ops=args.ops, arch=args.arch, repeat=args.repeat, seed=args.seed,
+                               progress=lambda m: bar.describe(f"bench: {m}"))
+            text = format_report(result)
+    echo(text.rstrip("\n"))
+    if args.output:
+        marks = (("<!-- bench:teardown:start -->", "<!-- bench:teardown:end -->")
+                 if args.teardown else (START_MARK, END_MARK))
+        write_section(args.output, text, *marks)
         sys.stderr.write(f"bench: figures written to {args.output}\n")
     return 0
 
@@ -821,7 +828,10 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         "and validating it, replaying it with events off, replaying it with the events to "
         "/dev/null, structlog alone writing the same events (the events overhead ratio), "
         "structlog's stock path (for reference) and the whole 'mmugather replay' command. "
-        "Each figure is the best of --repeat runs; progress goes to stderr.",
+        "Each figure is the best of --repeat runs; progress goes to stderr when it is a "
+        "terminal. Exit status: 0; 2 when an option was rejected (--output is checked "
+        "before anything is measured) or the output could not be written; 130 on Ctrl-C "
+        "(--output untouched).",
     )
     bp.add_argument("--ops", type=int, default=1_000_000, metavar="N", help="ops (1,000,000)")
     bp.add_argument("--arch", default="generic-smp", help="arch configuration (generic-smp)")
@@ -849,7 +859,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_bench_parser(sub)
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+    from mmugather.cli.common import run_command
+
+    return run_command(args.func, args, process=argv is None)
 
 
 if __name__ == "__main__":

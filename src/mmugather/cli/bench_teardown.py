@@ -14,6 +14,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 #: PTE counts measured; 16M checks that the time grows linearly.
@@ -70,13 +71,17 @@ def measure(ptes: int, check: bool, arch: str, repeat: int) -> dict[str, Any]:
 
 
 def run_teardown_bench(
-    sizes: tuple[int, ...] = SIZES, arch: str = "generic-smp", repeat: int = 1
+    sizes: tuple[int, ...] = SIZES, arch: str = "generic-smp", repeat: int = 1,
+    progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
+    n = 0
     for ptes in sizes:
         for check in (False, True):
-            sys.stderr.write(f"bench: exit of {ptes:,} PTEs, checker {'on' if check else 'off'}"
-                             "...\n")
+            n += 1
+            if progress is not None:
+                progress(f"exit of {ptes:,} PTEs, checker {'on' if check else 'off'} "
+                         f"({n}/{2 * len(sizes)}, best of {repeat}, each in a fresh process)")
             row = measure(ptes, check, arch, repeat)
             row["check"] = check
             rows.append(row)

@@ -14,14 +14,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import IO, Any
 
+from mmugather.cli import table
+from mmugather.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    STATUS_HELP,
+    CliError,
+    echo,
+    no_duplicates,
+    outputs,
+)
+from mmugather.cli.progress import Progress
 from mmugather.core import strategies
 from mmugather.core.stats import ROWS
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 #: The counters that measure what the kernel pays; the plot shows these.
 COST_KEYS: tuple[str, ...] = (
@@ -41,11 +49,6 @@ COST_KEYS: tuple[str, ...] = (
 )
 
 
-def _error(message: str) -> int:
-    sys.stderr.write(f"mmugather: {message}\n")
-    return EXIT_USAGE
-
-
 def ratio(value: int, base: int) -> float | None:
     """``value / base``; ``None`` when the baseline is 0 (no ratio)."""
     if not base:
@@ -60,6 +63,7 @@ def compare(
     *,
     page_size: int | None = None,
     check: bool = True,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario`` on each arch under each strategy; the ``--json``
     document (see docs/strategies.md)."""
@@ -71,9 +75,16 @@ def compare(
     runs: list[dict[str, Any]] = []
     for arch in arch_names:
         spec = reg.get(arch)
-        by_strategy = {}
+        by_strategy: dict[str, Any] = {}
         for name in strategy_names:
-            run = run_arch(scenario, spec, page_size=page_size, check=check, strategy=name)
+            hooks: dict[str, Any] = {}
+            if progress is not None:
+                done = len(runs) + len(by_strategy)
+                progress.reset(f"compare {scenario.name}: {arch} / {name} "
+                               f"({done + 1}/{len(arch_names) * len(strategy_names)})")
+                hooks = {"progress": progress.advance, "progress_total": progress.set_total}
+            run = run_arch(scenario, spec, page_size=page_size, check=check, strategy=name,
+                           **hooks)
             by_strategy[name] = run
         base = by_strategy[baseline].stats
         for name in strategy_names:
@@ -98,52 +109,49 @@ def compare(
     }
 
 
+#: Under each arch's tables.
+LEGEND = ("rows: docs/scenarios.md; ratio: count / the first strategy's (- where that "
+          "is 0), docs/strategies.md")
+
+
 def format_compare(doc: dict[str, Any]) -> str:
-    """The text tables: per arch, one row per counter, one column per
-    strategy, then one ratio column per strategy after the first."""
+    """The text tables: per arch, one row per counter and one column per
+    strategy, then the ratio of each strategy after the first to it (each
+    table within 100 columns)."""
     names = doc["strategies"]
     baseline = doc["baseline"]
     labels = [c["label"] for c in doc["counters"]]
-    width = max(len(x) for x in labels)
+    keys = [c["key"] for c in doc["counters"]]
     out: list[str] = []
     for arch in doc["arches"]:
         runs = {r["strategy"]: r for r in doc["runs"] if r["arch"] == arch}
-        ratio_cols = [f"{n}/{baseline}" for n in names[1:]]
-        colw = [max(len(n), 12) for n in names]
-        ratw = [max(len(c), 8) for c in ratio_cols]
         if out:
             out.append("")
         out.append(f"scenario: {doc['scenario']}   arch: {arch}")
-        out.append(
-            f"{'':<{width}}  "
-            + "  ".join(f"{n:>{w}}" for n, w in zip(names, colw, strict=True))
-            + "".join(f"  {c:>{w}}" for c, w in zip(ratio_cols, ratw, strict=True))
-        )
-        for counter in doc["counters"]:
-            key = counter["key"]
-            cells = [
-                f"{runs[n]['stats'].get(key, 0):>{w},}" for n, w in zip(names, colw, strict=True)
-            ]
-            rcells = []
-            for n, w in zip(names[1:], ratw, strict=True):
-                r = runs[n]["ratios"].get(key)
-                rcells.append(f"{'-' if r is None else f'{r:.2f}':>{w}}")
-            out.append(
-                f"{counter['label']:<{width}}  " + "  ".join(cells)
-                + "".join(f"  {c}" for c in rcells)
-            )
+        out.extend(table.render(labels, [
+            (n, [table.format_cell(k, runs[n]["stats"].get(k, 0)) for k in keys])
+            for n in names
+        ]))
+        if len(names) > 1:
+            out.append("")
+            out.extend(table.render(labels, [
+                (n, [table.format_ratio(runs[n]["ratios"].get(k)) for k in keys])
+                for n in names[1:]
+            ], title=f"ratio to {baseline}"))
         for n in names:
             if runs[n]["violations"]:
                 counts = ", ".join(f"{k}: {v}" for k, v in sorted(runs[n]["violations"].items()))
                 out.append(f"{arch} / {n}: invariant violations ({counts})")
+        out.append(LEGEND)
     return "\n".join(out)
 
 
-def write_plot(docs: dict[str, Any] | Sequence[dict[str, Any]], path: str) -> None:
-    """A PNG bar chart: per scenario (one :func:`compare` document each) and
-    arch, the cost counters of each strategy as a ratio to the first
-    strategy's, labelled with the absolute counts (raises ImportError
-    without matplotlib)."""
+def write_plot(docs: dict[str, Any] | Sequence[dict[str, Any]], path: str | IO[bytes],
+               fmt: str | None = None) -> None:
+    """A bar chart (PNG, or ``fmt``): per scenario (one :func:`compare`
+    document each) and arch, the cost counters of each strategy as a ratio to
+    the first strategy's, labelled with the absolute counts (raises
+    ImportError without matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,8 +201,20 @@ def write_plot(docs: dict[str, Any] | Sequence[dict[str, Any]], path: str) -> No
         )
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format=fmt)
     plt.close(fig)
+
+
+def plot_format(path: str) -> str:
+    """The image format ``--plot PATH`` asks for by its suffix (PNG when it
+    has none); raises :class:`CliError` for one matplotlib cannot write."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    suffix = os.path.splitext(path)[1][1:].lower() or "png"
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    if suffix not in supported:
+        raise CliError(f"{path}: --plot writes {', '.join(sorted(supported))}, not {suffix!r}")
+    return suffix
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -205,34 +225,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         for name in names:
             strategies.get(name)
-        if len(set(names)) != len(names):
-            raise ValueError("a strategy is named twice")
+        no_duplicates(names, "strategy")
         reg = registry()
         arches = args.arch or [os.environ.get("MMUGATHER_ARCH", "generic-smp")]
+        no_duplicates(arches, "arch")
         for arch in arches:
             spec = reg.get(arch)
             if args.page_size and args.page_size not in spec.page_sizes:
                 raise ArchError(f"arch {arch!r} does not support --page-size {args.page_size}")
-        scenario = resolve(args.scenario, args.page_size or 4096)
+        scenario = resolve(args.scenario, args.page_size or 4096, max_pages=args.max_pages)
     except (ArchError, ScenarioError, ValueError) as exc:
-        return _error(str(exc))
+        raise CliError(str(exc)) from None
+    plot = None
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            return _error("--plot needs matplotlib: pip install 'mmugather[plot]'")
-    doc = compare(scenario, arches, names, page_size=args.page_size, check=not args.no_check)
-    if args.plot:
-        try:
-            write_plot(doc, args.plot)
-        except OSError as exc:
-            return _error(f"{args.plot}: cannot write: {exc.strerror or exc}")
+            raise CliError("--plot needs matplotlib: pip install 'mmugather[plot]'") from None
+        fmt = plot_format(args.plot)
+        # Opened now: a path that cannot be written is refused before the runs.
+        plot = outputs().open(args.plot)
+    with Progress(f"compare {scenario.name}") as progress:
+        doc = compare(scenario, arches, names, page_size=args.page_size,
+                      check=not args.no_check, progress=progress)
+    if plot is not None:
+        write_plot(doc, plot, fmt)
+        outputs().close_files()
     if args.json:
-        print(json.dumps(doc, indent=2))
+        echo(json.dumps(doc, indent=2))
     else:
-        print(format_compare(doc))
+        echo(format_compare(doc))
         if args.plot:
-            print(f"\nplot: {args.plot}")
+            echo(f"\nplot: {args.plot}")
     failed = any(r["violations"] for r in doc["runs"])
     return EXIT_FAIL if failed else EXIT_OK
 
@@ -265,9 +289,7 @@ def _run_with_strategy(
                         f"strategy {strategy.name!r} has another caller"
                     )
         except ValueError as exc:
-            return _error(str(exc))
-        if strategy.name != strategies.DEFAULT_STRATEGY and not args.json:
-            print(f"strategy: {strategy.name}")
+            raise CliError(str(exc)) from None
         with strategies.selected(strategy.name):
             return func(args)
 
@@ -281,9 +303,10 @@ def _replay_with_strategy(
         try:
             strategy = strategies.get(args.strategy)
         except ValueError as exc:
-            return _error(str(exc))
+            raise CliError(str(exc)) from None
         if strategy.no_replay:
-            return _error(f"strategy {strategy.name!r} cannot run a replay: {strategy.no_replay}")
+            raise CliError(f"strategy {strategy.name!r} cannot run a replay: "
+                           f"{strategy.no_replay}")
         with strategies.selected(strategy.name):
             return func(args)
 
@@ -316,8 +339,8 @@ def add_compare_parser(subparsers: Any) -> None:
         description="Run a scenario (a built-in name or a TOML file) under each "
         "--strategy (default: all of them) on each --arch, with the invariant checker "
         "watching, and print every counter per strategy with its ratio to the first "
-        "strategy. Exit status: 0; 1 when an invariant was violated; 2 when the scenario "
-        "or the options were rejected.",
+        "strategy (docs/strategies.md). Exit status: 0; 1 when an invariant was violated; "
+        + STATUS_HELP,
     )
     cp.add_argument(
         "scenario", nargs="?", default="default", metavar="SCENARIO",
@@ -330,14 +353,19 @@ def add_compare_parser(subparsers: Any) -> None:
     )
     cp.add_argument(
         "--arch", action="append", metavar="NAME",
-        help="an arch to run on (repeatable; default: $MMUGATHER_ARCH or generic-smp)",
+        help="an arch to run on (repeatable, each arch once; default: $MMUGATHER_ARCH or "
+        "generic-smp)",
     )
     cp.add_argument("--page-size", type=int, metavar="N", help="PAGE_SIZE (default 4096)")
     cp.add_argument("--no-check", action="store_true", help="turn the invariant checker off")
     cp.add_argument("--json", action="store_true", help="machine-readable output")
     cp.add_argument(
         "--plot", metavar="PATH",
-        help="also write a PNG bar chart of the cost counters, as ratios to the first "
-        "strategy (needs matplotlib: the 'plot' extra)",
+        help="also write a bar chart of the cost counters, as ratios to the first "
+        "strategy: PNG, or the format the suffix names (.svg, .pdf); a file, not a "
+        "directory (needs matplotlib: the 'plot' extra)",
     )
+    from mmugather.cli.run import add_max_pages
+
+    add_max_pages(cp)
     cp.set_defaults(func=cmd_compare)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mmugather.cli.common import EXIT_OK
-from mmugather.cli.common import error as _error
+from mmugather.cli.common import EXIT_OK, CliError, echo
 
 
 def cmd_arches(args: argparse.Namespace) -> int:
@@ -15,7 +14,7 @@ def cmd_arches(args: argparse.Namespace) -> int:
     try:
         reg = registry()
     except ArchError as exc:
-        return _error(str(exc))
+        raise CliError(str(exc)) from None
     rows = []
     for spec in reg:
         rows.append(
@@ -31,14 +30,14 @@ def cmd_arches(args: argparse.Namespace) -> int:
         import json
 
         keys = ("name", "features", "page_sizes", "origin", "description")
-        print(json.dumps([dict(zip(keys, r, strict=False)) for r in rows], indent=2))
+        echo(json.dumps([dict(zip(keys, r, strict=False)) for r in rows], indent=2))
         return EXIT_OK
     width = max(len(r[0]) for r in rows)
     for name, feats, sizes, origin, desc in rows:
-        print(f"{name:<{width}}  {desc}")
-        print(f"{'':<{width}}  features:   {feats}")
-        print(f"{'':<{width}}  PAGE_SIZE:  {sizes}")
-        print(f"{'':<{width}}  from:       {origin}")
+        echo(f"{name:<{width}}  {desc}")
+        echo(f"{'':<{width}}  features:   {feats}")
+        echo(f"{'':<{width}}  PAGE_SIZE:  {sizes}")
+        echo(f"{'':<{width}}  from:       {origin}")
     return EXIT_OK
 
 
@@ -47,7 +46,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     from mmugather.core.mutants import MUTANTS
 
     for m in MUTANTS.values():
-        print(f"{m.name}\n    {m.description}\n    caught by: {m.rule} ({RULES[m.rule]})")
+        echo(f"{m.name}\n    {m.description}\n    caught by: {m.rule} ({RULES[m.rule]})")
     return EXIT_OK
 
 
@@ -56,18 +55,29 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 
     for name in builtin_names():
         sc = load_builtin(name)
-        print(f"{name}  ({sc.mapped_pages():,} mapped pages, {len(sc.vmas)} VMAs)")
-        print(f"    {sc.description}")
+        echo(f"{name}  ({sc.mapped_pages():,} mapped pages, {len(sc.vmas)} VMAs)")
+        echo(f"    {sc.description}")
     return EXIT_OK
 
 
-
-
 def add_listing_parsers(sub: Any) -> None:
-    mt = sub.add_parser("mutants", help="list the mutants the checker must catch")
+    mt = sub.add_parser(
+        "mutants",
+        help="list the mutants the checker must catch",
+        description="List the mutants: deliberately broken orderings of the teardown "
+        "(a page freed before the TLB flush, an rmap removed after the lock is dropped...), "
+        "each with the invariant rule that must catch it (docs/checker.md). Run one with "
+        "'mmugather run --mutant NAME'.",
+    )
     mt.set_defaults(func=cmd_mutants)
 
-    sc = sub.add_parser("scenarios", help="list the built-in scenarios")
+    sc = sub.add_parser(
+        "scenarios",
+        help="list the built-in scenarios",
+        description="List the built-in scenarios: each name, its mapped pages and VMAs, and "
+        "what it shows. Give a name (or a TOML file of your own, docs/scenarios.md) to "
+        "'mmugather run' or 'mmugather compare'.",
+    )
     sc.set_defaults(func=cmd_scenarios)
 
     ap = sub.add_parser(
