@@ -143,3 +143,38 @@ def test_kit_rejects_unknown_arch(tmp_path: Path) -> None:
     )
     assert out.returncode != 0
     assert "--mmu-arch: unknown arch 'nope'" in out.stderr
+
+
+def test_the_suite_sees_the_builtin_arches_only() -> None:
+    """Whatever arch plugins are installed (conftest.py): the tutorial's
+    x86-64, installed with pip, once broke test_run_cli's tables."""
+    from conftest import ARCHES
+    from mmugather.core.arch import registry
+
+    assert registry().names() == list(ARCHES)
+
+
+def test_kit_from_a_project_root_runs_only_the_kit(tmp_path: Path) -> None:
+    """``pytest --mmu-arch NAME`` in this repository's root: the nine rules,
+    not the project's 1,000 tests (testpaths); paths named run beside it."""
+    kit = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--mmu-arch", "up"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert kit.returncode == 0, kit.stdout + kit.stderr
+    assert f"\n{len(RULES)} passed" in kit.stdout or f" {len(RULES)} passed" in kit.stdout
+    assert "mmugather conformance kit: arch up; rules from " in kit.stdout
+    mine = tmp_path / "test_mine.py"
+    mine.write_text("def test_mine(mmu_arch):\n    assert mmu_arch.name == 'up'\n")
+    both = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--mmu-arch", "up",
+         str(mine)], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert both.returncode == 0, both.stdout + both.stderr
+    assert f"{len(RULES) + 1} passed" in both.stdout
+
+
+def test_kit_option_says_where_to_run_it(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120)
+    assert 'cd "$(mktemp -d)" && pytest --mmu-arch NAME' in " ".join(out.stdout.split())
