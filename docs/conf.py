@@ -10,4 +10,3 @@ myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 html_theme = "alabaster"
-suppress_warnings = ["myst.xref_missing"]
