@@ -286,3 +286,21 @@ def test_console_script() -> None:
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1
+
+
+def test_reports_beyond_show_and_the_cap_are_counted(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(capsys, "--mutant", "free-before-flush", "--arch", "up",
+                             "--show", "1")
+    assert status == 1
+    status, doc, _ = run_cli(capsys, "--mutant", "free-before-flush", "--arch", "up", "--json")
+    (run,) = json.loads(doc)["runs"]
+    total, kept = sum(run["violations"].values()), len(run["reports"])
+    assert total > kept == 50
+    assert f"\nup: {total:,} violations (free-before-flush: " in out
+    assert out.count("\n[") == 1
+    assert out.splitlines()[-1] == (
+        "  … 49 more reports (reports are capped at 50; --show N, --json for all)")
+    status, out, _ = run_cli(capsys, "--mutant", "free-before-flush", "--arch", "up",
+                             "--show", "0")
+    assert "\n[" not in out
+    assert "  … 50 more reports (reports are capped at 50; --show N, --json for all)" in out
