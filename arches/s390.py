@@ -19,6 +19,8 @@ from mmugather.core.arch import ArchSpec
 from mmugather.core.constants import Geometry
 from mmugather.core.gather import MmuGather
 from mmugather.core.hookspecs import hookimpl
+from mmugather.core.hw.cpus import ZAPPING_CPU
+from mmugather.core.hw.invalidate import WALK_ASID, Invalidate
 
 FLUSH_MM = "flush_mm"
 
@@ -34,14 +36,48 @@ def geometry(page_size: int) -> Geometry:
     )
 
 
+#: plugin_state key: this gather's PTE clears are deferred (ptep_flush_lazy())
+DEFERRED = "s390_deferred"
+
+
+@hookimpl
+def tlb_gather_init(tlb: MmuGather) -> None:
+    """How this gather's PTE clears reach the TLBs (ptep_get_and_clear_full()).
+
+    At exit (``full``) the PTE only gets its invalid bit: nobody runs in the
+    mm, and freeing its tables marks it for the flush at the end.  Otherwise
+    ptep_xchg_lazy(): with the mm attached to this CPU alone the invalid bit
+    and the mark suffice (this CPU flushes before it runs the mm's user code
+    again: finish_arch_post_lock_switch()), else IPTE invalidates the entry
+    on every CPU at once.
+    """
+    mm = tlb.mm
+    if tlb.fullmm:
+        mode = "keeps"
+    elif mm.running_cpus == 1 << ZAPPING_CPU:
+        mode = "deferred"
+    else:
+        mode = "direct"
+    tlb.plugin_state[DEFERRED] = mode == "deferred"
+    hw_emit = tlb.machine.hw_emit
+    if hw_emit is not None:
+        hw_emit("pte_clear_flush", mode=mode, op="ipte" if mode == "direct" else None)
+
+
 @hookimpl
 def tlb_flush(tlb: MmuGather) -> bool:
-    """__tlb_flush_mm_lazy(): PTE clears were already invalidated one by one;
-    only a freed page table leaves something to flush, for the whole mm."""
+    """__tlb_flush_mm_lazy(): cleared PTEs were invalidated one by one (or
+    left to the mark); only a marked mm is flushed, whole, by IDTE."""
     context = tlb.mm.context
+    if tlb.plugin_state.get(DEFERRED) and (tlb.cleared_ptes or tlb.cleared_pmds):
+        # ptep_flush_lazy() marked the mm when it cleared these.
+        context[FLUSH_MM] = True
     if context.get(FLUSH_MM):
         context[FLUSH_MM] = False
-        tlb.emit_tlb_flush("mm")
+        # IDTE by ASCE: every entry of the address space, leaf and
+        # region/segment table entries alike, on every CPU.
+        idte = Invalidate("idte", cpus=tlb.machine.cpus.all_cpus, walk=WALK_ASID, waits=False)
+        tlb.emit_tlb_flush("mm", hw=[idte])
     return True
 
 

@@ -20,6 +20,7 @@ import pluggy
 from mmugather.core import hookspecs
 from mmugather.core.constants import PAGE_SIZES, Geometry
 from mmugather.core.events import Emit, PageRows
+from mmugather.core.hw.cpus import DEFAULT_CPUS, CpuConfig
 from mmugather.core.mm import Machine
 
 ENTRY_POINT_GROUP = "mmugather.arches"
@@ -161,6 +162,8 @@ def make_machine(
     extra_plugins: Sequence[Any] = (),
     strategy: str | None = None,
     rows: PageRows | None = None,
+    cpus: CpuConfig | None = None,
+    hw_emit: Emit | None = None,
 ) -> Machine:
     """A modelled kernel for ``arch`` at ``page_size`` (the arch's first
     supported size by default).
@@ -169,6 +172,9 @@ def make_machine(
     its engine plugins are registered before ``extra_plugins``.  ``None``:
     the one in force (``strategies.selected()``), ``pointer`` by default.
     ``rows`` goes with ``emit`` when both come from ``events.make_stream``.
+    ``cpus`` says who runs the mm (two CPUs with a thread each by default;
+    a !CONFIG_SMP arch has CPU 0 alone); ``hw_emit`` receives the hardware
+    events (``tlb_invalidate``...), for a hardware model to follow.
     """
     from mmugather.core import strategies
 
@@ -184,5 +190,8 @@ def make_machine(
         # struct mmu_table_batch has an rcu_head only under RCU table free:
         # without it the header is the (padded) count alone.
         geometry = attrs.evolve(geometry, table_batch_header=8)
+    smp = "SMP" in spec.resolved_features()
+    machine_cpus = (cpus or DEFAULT_CPUS).for_arch(None if smp else 1)
+    semantics = pm.hook.mmu_hw_semantics(arch=spec)
     return Machine(arch=spec, geometry=geometry, hook=pm.hook, emit=emit, detail=detail,
-                   rows=rows)
+                   rows=rows, cpus=machine_cpus, hw=semantics, hw_emit=hw_emit)

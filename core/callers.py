@@ -80,7 +80,7 @@ class Teardown:
             raise ValueError(f"unknown caller mutants: {', '.join(sorted(unknown))}")
         self.aspace = aspace
         self.machine = machine
-        self.mm = MmStruct()
+        self.mm = MmStruct.on(machine.cpus)
         self.geo = machine.geometry
         self.emit = machine.emit
         #: the per-PTE ``pte_clear`` events go through here
@@ -875,6 +875,10 @@ class Teardown:
     def exit_mmap(self) -> None:
         """The last user of the mm is gone: unmap everything, free every table."""
         vmas = list(self.aspace.vmas)
+        # mmput() dropped the last user: no thread runs in the mm any more.
+        self.mm.exit()
+        if self.machine.hw_emit is not None:
+            self.machine.hw_emit("mm_exit")
         if not vmas:
             return
         tlb = tlb_gather_mmu_fullmm(self.machine, self.mm)

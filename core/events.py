@@ -19,7 +19,7 @@ from typing import IO, Any, Literal, Protocol
 import structlog
 
 #: Bumped on any change to an event's name or fields.
-EVENTS_VERSION = 1
+EVENTS_VERSION = 2
 
 #: The events the replay contract (replay-v1) fixes.
 CONTRACT_EVENTS = frozenset(
@@ -77,7 +77,14 @@ CALLER_EVENTS = frozenset(
     }
 )
 
-ALL_EVENTS = CONTRACT_EVENTS | MODEL_EVENTS | DETAIL_EVENTS | CALLER_EVENTS
+#: Events for the hardware model (``core/hw``): what the CPUs run and what
+#: each invalidation primitive removes.  Emitted by ``mmugather run`` (never
+#: by a replay, whose output the contract fixes), once per run, gather,
+#: flush or VMA: never per page.
+HARDWARE_EVENTS = frozenset({"hw_config", "tlb_invalidate", "pte_clear_flush", "mm_exit",
+                             "vma_end"})
+
+ALL_EVENTS = CONTRACT_EVENTS | MODEL_EVENTS | DETAIL_EVENTS | CALLER_EVENTS | HARDWARE_EVENTS
 
 EventDict = MutableMapping[str, Any]
 Processor = Callable[[Any, str, EventDict], Any]

@@ -19,13 +19,15 @@ also offers every function under its exact kernel name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 from mmugather.core.batch import MmuGatherBatch
 from mmugather.core.constants import MASK32, MASK64, MMU_GATHER_BUNDLE, Geometry
 from mmugather.core.events import Emit, PageRows, page_rows
+from mmugather.core.hw.flush import flush_tlb_mm, flush_tlb_range
+from mmugather.core.hw.invalidate import Invalidate
 from mmugather.core.mm import Machine, MmModel, MmStruct
 from mmugather.core.table import MmuTableBatch
 from mmugather.core.vma import Vma
@@ -267,6 +269,9 @@ class MmuGather:
 
     def tlb_end_vma(self, vma: Vma) -> None:
         self.hook.tlb_end_vma(tlb=self, vma=vma)
+        hw_emit = self.machine.hw_emit
+        if hw_emit is not None:
+            hw_emit("vma_end", start=vma.start, end=vma.end, pfnmap=vma.is_pfnmap)
 
     def flush_cache_range(self, vma: Vma, start: int, end: int) -> None:
         """Virtually indexed caches are written back before the unmap."""
@@ -298,13 +303,37 @@ class MmuGather:
             self.emit("mmu_notifier_invalidate", start=start, end=end)
 
     def emit_tlb_flush(
-        self, scope: str, start: int | None = None, end: int | None = None, **extra: Any
+        self,
+        scope: str,
+        start: int | None = None,
+        end: int | None = None,
+        *,
+        hw: Sequence[Invalidate] | None = None,
+        **extra: Any,
     ) -> None:
-        """Report one arch TLB invalidate: ``flush_tlb_mm()`` ("mm") or
-        ``flush_tlb_range()`` ("range").  ``extra`` fields are the arch's own
-        (x86's ``stride_shift``), after the standard ones."""
-        if self.emit is None:
-            return
+        """Report one arch TLB flush: ``flush_tlb_mm()`` ("mm") or
+        ``flush_tlb_range()`` ("range"), the contract's ``tlb_flush`` event.
+
+        ``hw`` is what the flush does to the hardware, one
+        :class:`~mmugather.core.hw.invalidate.Invalidate` per primitive it
+        issues (``tlb_invalidate`` events).  None: the generic
+        ``flush_tlb_mm()``/``flush_tlb_range()``, every level on every CPU of
+        the mm.  ``extra`` fields are the arch's own, after the standard ones;
+        prefer ``hw``, whose fields every reader knows.
+        """
+        if self.emit is not None:
+            self._emit_tlb_flush(scope, start, end, extra)
+        machine = self.machine
+        if machine.hw_emit is not None:
+            if hw is None:
+                hw = [flush_tlb_mm(machine, self.mm) if scope == "mm"
+                      else flush_tlb_range(machine, self.mm, start or 0, end or 0)]
+            for inv in hw:
+                machine.invalidate(inv, self.mm)
+
+    def _emit_tlb_flush(self, scope: str, start: int | None, end: int | None,
+                        extra: dict[str, Any]) -> None:
+        assert self.emit is not None
         fields: dict[str, Any] = {"scope": scope}
         if scope == "range":
             fields["start"] = start

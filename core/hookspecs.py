@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from mmugather.core.arch import ArchSpec
     from mmugather.core.batch import MmuGatherBatch
     from mmugather.core.gather import MmuGather, PageRemover
+    from mmugather.core.hw.invalidate import HwSemantics
     from mmugather.core.table import MmuTableBatch
     from mmugather.core.vma import Vma
 
@@ -304,6 +305,28 @@ def tlb_remove_table_sync_one(tlb: MmuGather) -> bool:
     *firstresult*; return ``True``.  MMU_GATHER_RCU_TABLE_FREE: a
     synchronising IPI to every CPU (``ipi_sync``).  Without RCU table free
     the TLB flush IPI already did it: nothing.
+    """
+
+
+# --------------------------------------------------------------------------
+# The hardware (asked once per machine)
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def mmu_hw_semantics(arch: ArchSpec) -> HwSemantics:
+    """What the arch's hardware and ASID management promise beyond each
+    invalidation its flushes report (``core/hw/invalidate.py``): whether
+    CPUs holding the mm lazily may use stale entries, whether a dead mm's
+    ASID is reused only after an invalidation, whether the arch's TLB flush
+    waits for the CPUs it reaches (an IPI).
+
+    Asked once by ``make_machine()``; the machine keeps it as
+    ``machine.hw``.  *firstresult*.  Generic: the conservative answers
+    (lazy CPUs count as users, ASIDs may be reused without an
+    invalidation, the flush is an IPI that waits).
+    **Overridden by**: MMU_GATHER_RCU_TABLE_FREE (the flush does not wait:
+    the reason to free tables through RCU); every real arch (``arches/``).
     """
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 from mmugather.core.constants import Geometry
 from mmugather.core.events import Emit, PageRows
+from mmugather.core.hw.cpus import DEFAULT_CPUS, CpuConfig, cpus_of
+from mmugather.core.hw.invalidate import HwSemantics, Invalidate
 from mmugather.core.vma import Vma
 
 if TYPE_CHECKING:
@@ -46,6 +48,30 @@ class MmStruct:
     tlb_flush_pending: int = 0
     #: mm->context: arch-private state, keyed by the arch plugin
     context: dict[str, Any] = attrs.Factory(dict)
+    #: mm_cpumask(): the CPUs that run the mm or hold it lazily (bit N: CPU N)
+    cpumask: int = DEFAULT_CPUS.running | DEFAULT_CPUS.lazy_mask
+    #: of those, the ones holding it lazily (x86's cpu_tlbstate_shared.is_lazy)
+    lazy_cpus: int = DEFAULT_CPUS.lazy_mask
+    #: mm_users > 0: threads of the process may still run user code in it
+    live: bool = True
+    #: the ASID (PCID, PID) its TLB entries are tagged with
+    asid: int = DEFAULT_CPUS.asid
+
+    @classmethod
+    def on(cls, cpus: CpuConfig) -> MmStruct:
+        """The mm of a process whose threads and lazy users ``cpus`` says."""
+        return cls(cpumask=cpus.running | cpus.lazy_mask, lazy_cpus=cpus.lazy_mask,
+                   asid=cpus.asid)
+
+    @property
+    def running_cpus(self) -> int:
+        return self.cpumask & ~self.lazy_cpus if self.live else 0
+
+    def exit(self) -> None:
+        """mm_users dropped to 0 (exit_mmap()): the CPUs that ran the mm keep
+        it loaded lazily until they switch."""
+        self.live = False
+        self.lazy_cpus = self.cpumask
 
 
 @attrs.define(slots=True, eq=False)
@@ -77,6 +103,33 @@ class Machine:
     alloc_stats: dict[str, list[int]] = attrs.Factory(
         lambda: {k: [0, 0] for k in ALLOC_KINDS}
     )
+    #: the CPUs and who runs the mm when a teardown starts
+    cpus: CpuConfig = DEFAULT_CPUS
+    #: what the arch's hardware promises (the ``mmu_hw_semantics`` hook)
+    hw: HwSemantics = attrs.Factory(HwSemantics)
+    #: the hardware events (``tlb_invalidate``, ``hw_config``...), or None
+    #: when no hardware model listens (a replay keeps the contract's events)
+    hw_emit: Emit | None = None
+
+    def invalidate(self, inv: Invalidate, mm: MmStruct) -> None:
+        """Report an invalidation the arch issued for ``mm`` (``tlb_invalidate``)."""
+        if self.hw_emit is not None:
+            self.hw_emit("tlb_invalidate", **inv.fields(mm.asid))
+
+    def hw_config(self, mm: MmStruct) -> None:
+        """Announce the machine to the hardware model: the CPUs, who runs
+        ``mm``, the page-table sizes and the arch's promises."""
+        if self.hw_emit is None:
+            return
+        geo = self.geometry
+        self.hw_emit(
+            "hw_config", nr_cpus=self.cpus.nr_cpus,
+            running=cpus_of(mm.running_cpus), lazy=cpus_of(mm.lazy_cpus), asid=mm.asid,
+            page_size=geo.page_size, pmd_size=geo.pmd_size, pud_size=geo.pud_size,
+            p4d_size=geo.p4d_size, pgdir_size=geo.pgdir_size,
+            lazy_cpus_use_leaf=self.hw.lazy_cpus_use_leaf,
+            asid_reuse_invalidates=self.hw.asid_reuse_invalidates,
+        )
 
     def fail_alloc(self, what: str, count: int = 1) -> None:
         """Make the next ``count`` allocations of ``what`` fail.

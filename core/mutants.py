@@ -58,6 +58,8 @@ class Mutant:
     applies: Callable[[ArchSpec], bool]
     plugin: Any = None
     caller: str = ""
+    #: the built-in scenario that exposes it
+    scenario: str = "default"
 
 
 MUTANTS: dict[str, Mutant] = {
@@ -67,14 +69,16 @@ MUTANTS: dict[str, Mutant] = {
             "rmap-before-flush",
             "remove each rmap at once, dirty file pages included, and do not force the "
             "flush: the ordering commit 5df397dec7c4 fixed",
-            "dirty-rmap-before-flush",
+            "dirty-page-reachable",
             _batching,
             caller="rmap-before-flush",
+            # Only an unmap while another thread runs can lose a write.
+            scenario="dirty-shared",
         ),
         Mutant(
             "free-before-flush",
             "free each page as it is handed to the gather, before any TLB flush",
-            "free-before-flush",
+            "page-reachable",
             _gathering,
             plugin=SimpleNamespace(tlb_page_remover=_free_at_once),
         ),
@@ -95,7 +99,7 @@ MUTANTS: dict[str, Mutant] = {
         Mutant(
             "direct-table-free",
             "free page-table pages at once instead of after the flush (and RCU)",
-            "table-free-walkers",
+            "table-reachable",
             _always,
             plugin=SimpleNamespace(tlb_remove_table=_free_table_at_once),
         ),

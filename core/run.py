@@ -137,7 +137,7 @@ def run_arch(
         checker.emit = emit
     machine = make_machine(
         spec, page_size=size, emit=emit, detail=emit if detail else None, extra_plugins=plugins,
-        strategy=strat.name, rows=rows,
+        strategy=strat.name, rows=rows, hw_emit=emit,
     )
     aspace = build(scenario, machine.geometry)
     mapped = aspace.mapped_ptes()
@@ -152,6 +152,7 @@ def run_arch(
         rmap_observer=checker.rmap_vma if checker is not None else None,
     )
     teardown.progress = progress
+    machine.hw_config(teardown.mm)
     t0 = time.perf_counter()
     with _quiet_collector():
         run_ops(teardown, scenario.ops)

@@ -6,10 +6,12 @@ implements a hook takes precedence.
 
 from __future__ import annotations
 
+from mmugather.core.arch import ArchSpec
 from mmugather.core.batch import MmuGatherBatch
 from mmugather.core.constants import FREE_CHUNK
 from mmugather.core.gather import MmuGather, PageRemover
 from mmugather.core.hookspecs import hookimpl
+from mmugather.core.hw.invalidate import HwSemantics
 from mmugather.core.vma import Vma
 
 
@@ -55,6 +57,11 @@ def tlb_flush(tlb: MmuGather) -> bool:
     elif tlb.end:
         tlb.emit_tlb_flush("range", tlb.start, tlb.end)
     return True
+
+
+@hookimpl(trylast=True)
+def mmu_hw_semantics(arch: ArchSpec) -> HwSemantics:
+    return HwSemantics()
 
 
 @hookimpl(trylast=True)

@@ -10,8 +10,10 @@ fallback sends an IPI to every CPU to get the same guarantee.
 
 from __future__ import annotations
 
+from mmugather.core.arch import ArchSpec
 from mmugather.core.gather import MmuGather
 from mmugather.core.hookspecs import hookimpl
+from mmugather.core.hw.invalidate import HwSemantics
 from mmugather.core.table import MmuTableBatch
 
 
@@ -36,3 +38,10 @@ def tlb_remove_table_sync_one(tlb: MmuGather) -> bool:
     if tlb.emit is not None:
         tlb.emit("ipi_sync")
     return True
+
+
+@hookimpl
+def mmu_hw_semantics(arch: ArchSpec) -> HwSemantics:
+    # An arch frees tables through RCU because its TLB flush does not
+    # interrupt the CPUs it reaches: hardware broadcast, or a hypercall.
+    return HwSemantics(flush_waits=False)

@@ -68,7 +68,7 @@ def test_queue_limit_scenario_same_in_bulk(arch: str) -> None:
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_mutant_reports_same_in_bulk(mutant: str, arch: str) -> None:
     """Violations, with their trails, are reported the same both ways."""
-    bulk, one_by_one = _both(load_builtin("default"), arch, mutant=mutant)
+    bulk, one_by_one = _both(load_builtin(MUTANTS[mutant].scenario), arch, mutant=mutant)
     if bulk.mutant_applies:
         assert bulk.violations, f"{mutant} is not caught on {arch}"
     _assert_same(bulk, one_by_one)

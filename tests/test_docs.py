@@ -27,6 +27,7 @@ from mmugather.core.events import (
     CALLER_EVENTS,
     CONTRACT_EVENTS,
     DETAIL_EVENTS,
+    HARDWARE_EVENTS,
     MODEL_EVENTS,
 )
 from mmugather.core.replay import OPS
@@ -100,7 +101,7 @@ def test_hook_section_shows_the_signature(name: str) -> None:
 
 
 def test_event_sets_are_disjoint() -> None:
-    sets = [CONTRACT_EVENTS, MODEL_EVENTS, DETAIL_EVENTS, CALLER_EVENTS]
+    sets = [CONTRACT_EVENTS, MODEL_EVENTS, DETAIL_EVENTS, CALLER_EVENTS, HARDWARE_EVENTS]
     assert sum(len(s) for s in sets) == len(ALL_EVENTS)
 
 
@@ -111,6 +112,7 @@ def test_event_sets_table_matches_the_code() -> None:
         "MODEL_EVENTS": MODEL_EVENTS,
         "DETAIL_EVENTS": DETAIL_EVENTS,
         "CALLER_EVENTS": CALLER_EVENTS,
+        "HARDWARE_EVENTS": HARDWARE_EVENTS,
     }
     for name, members in sets.items():
         row = re.search(rf"^\| `{name}` \|[^|]*\|(.*)\|$", text, re.MULTILINE)

@@ -17,100 +17,21 @@ message, and the trail of events that led to it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
-import attrs
 from mmugather.core.arch import ArchSpec
 from mmugather.core.aspace import TABLE_ID_BASE
-from mmugather.core.events import ClearRow, clear_event
-
-RULES: dict[str, str] = {
-    "free-before-flush": "no page is freed before a TLB flush covered every PTE that mapped it",
-    "dirty-rmap-before-flush": "no rmap is removed from a dirty file page before that flush",
-    "rmap-outside-ptl": "tlb_flush_rmaps() removes each rmap before the lock that guarded "
-    "the cleared PTE is dropped",
-    "rmap-wrong-vma": "the pages between tlb_discard_rmaps() and tlb_flush_rmaps() were all "
-    "mapped by the VMA passed",
-    "rmap-not-pending": "tlb_flush_rmaps() removes rmaps only from pages whose PTE was cleared "
-    "with rmap removal batched (not a page-table page, not a THP whose compound rmap is gone)",
-    "rmap-dropped": "no queued page is freed while its rmap removal is still pending",
-    "rmap-once": "every cleared mapping has its rmap removed exactly once",
-    "table-free-walkers": "no page-table page is freed while a lockless walker may still reach "
-    "it (after a TLB flush; after an RCU grace period or a synchronising IPI where the arch "
-    "frees tables through RCU)",
-    "free-once": "every page handed to the gather is freed exactly once",
-    "flush-covers": "every TLB flush covers every entry cleared since the last one",
-    "pending-after-finish": "nothing is pending after tlb_finish_mmu()",
-    "mapcount": "no mapcount falls below zero",
-    "refcount": "no reference count falls below zero",
-}
-
-TRAIL = 12
-
-#: What the checker remembers of an event: its dict, or, for the per-page
-#: events it took in bulk, a ``ClearRow`` (``pte_clear``) or a page
-#: (``rmap_remove``), turned into the same dict only for a report.
-Seen = dict[str, Any] | ClearRow | int
-
+from mmugather.core.check.reach import HardwareRules, tlb_model_of
+from mmugather.core.check.report import TRAIL, Seen, Violation, as_event
+from mmugather.core.events import ClearRow
 
 #: a (lock, VMA) key no pending page has
 _NO_KEY: tuple[int | None, int] = (None, -2)
 
 _ADDR = itemgetter(0)
 _PAGE = itemgetter(1)
-
-
-def _as_event(item: Seen) -> dict[str, Any]:
-    if isinstance(item, dict):
-        return item
-    if isinstance(item, tuple):
-        return clear_event(item)
-    return {"page": item, "event": "rmap_remove"}
-
-
-@attrs.define(slots=True)
-class Violation:
-    rule: str
-    message: str
-    seq: int
-    trail: list[dict[str, Any]]
-
-    def render(self) -> str:
-        lines = [f"[{self.rule}] {self.message}", f"  rule: {RULES.get(self.rule, '')}",
-                 f"  after event #{self.seq}; the events that led to it:"]
-        trail = self.trail
-        k = 0
-        while k < len(trail):
-            ev = trail[k]
-            run = k
-            # Collapse a run of the same event (a table's worth of pte_clear).
-            while run + 1 < len(trail) and trail[run + 1]["event"] == ev["event"] \
-                    and trail[run + 1].get("#", 0) == trail[run].get("#", 0) + 1:
-                run += 1
-            lines.append(_line(ev))
-            if run - k >= 2:
-                lines.append(f"    {'':<8} ... {run - k - 1} more {ev['event']} ...")
-            if run > k:
-                lines.append(_line(trail[run]))
-            k = run + 1
-        return "\n".join(lines)
-
-
-def _line(ev: dict[str, Any]) -> str:
-    fields = " ".join(f"{k}={_short(v)}" for k, v in ev.items() if k not in ("event", "#"))
-    return f"    #{ev.get('#', '?'):<7} {ev['event']:<24} {fields}"
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, int) and not isinstance(v, bool) and v > 4096:
-        return hex(v)
-    if isinstance(v, list) and len(v) > 6:
-        return "[" + ", ".join(_short(x) for x in v[:6]) + f", ... {len(v)} in all]"
-    if isinstance(v, list):
-        return "[" + ", ".join(_short(x) for x in v) + "]"
-    return str(v)
 
 
 class Checker:
@@ -168,6 +89,9 @@ class Checker:
         #: by page-less ``pte_clear`` events, and the caller's rmap choices
         #: are unknown, so the rmap rules that need them are off
         self.replay = replay
+        #: the hardware rules, from the run's ``hw_config`` event on; until
+        #: then (a replay, a hand-played stream) the order rules judge
+        self.hw: HardwareRules | None = None
         self._dispatch: dict[str, Callable[[dict[str, Any]], None]] = {
             "pte_clear": self._pte_clear,
             "rmap_remove": self._rmap_remove,
@@ -188,6 +112,11 @@ class Checker:
             "page_queued": self._page_queued,
             "gather_begin": self._gather_begin,
             "gather_end": self._gather_end,
+            "hw_config": self._hw_config,
+            "tlb_invalidate": self._tlb_invalidate,
+            "pte_clear_flush": self._pte_clear_flush,
+            "mm_exit": self._mm_exit,
+            "vma_end": self._vma_end,
         }
 
     # structlog processor signature
@@ -205,11 +134,11 @@ class Checker:
     def violate(self, rule: str, message: str, page: int | None = None) -> None:
         self.counts[rule] = self.counts.get(rule, 0) + 1
         if len(self.violations) < self.max_reports:
-            recent = [(n, ev) for n, ev in ((n, _as_event(it)) for n, it in self.recent)
+            recent = [(n, ev) for n, ev in ((n, as_event(it)) for n, it in self.recent)
                       if ev["event"] != "violation"]
             seen = {n for n, _ev in recent}
             rec = self.inflight.get(page) if page is not None else None
-            history = ([(rec[3], _as_event(rec[4]))] if rec is not None and rec[3] not in seen
+            history = ([(rec[3], as_event(rec[4]))] if rec is not None and rec[3] not in seen
                        else [])
             trail = [{**ev, "#": n} for n, ev in history + recent]
             v = Violation(rule, message, self.seq, trail)
@@ -229,6 +158,27 @@ class Checker:
 
     def _gather_begin(self, ev: dict[str, Any]) -> None:
         self.in_gather = True
+
+    # --- the hardware model (a run) -------------------------------------
+
+    def _hw_config(self, ev: dict[str, Any]) -> None:
+        self.hw = HardwareRules(tlb_model_of(ev), self.violate)
+
+    def _tlb_invalidate(self, ev: dict[str, Any]) -> None:
+        if self.hw is not None:
+            self.hw.invalidate(ev)
+
+    def _pte_clear_flush(self, ev: dict[str, Any]) -> None:
+        if self.hw is not None:
+            self.hw.tlb.set_clear_mode(ev["mode"])
+
+    def _mm_exit(self, ev: dict[str, Any]) -> None:
+        if self.hw is not None:
+            self.hw.tlb.mm_exit()
+
+    def _vma_end(self, ev: dict[str, Any]) -> None:
+        if self.hw is not None:
+            self.hw.vma_end(ev["start"], ev["end"], ev["pfnmap"])
 
     def _ptl_lock(self, ev: dict[str, Any]) -> None:
         self.saw_callers = True
@@ -250,10 +200,21 @@ class Checker:
 
     def _pte_clear(self, ev: dict[str, Any]) -> None:
         level = ev["level"]
-        if level != "pte" and self.gathering:
-            self.uncovered_size[ev["addr"]] = ev["size"]
         dirty_file = bool(ev.get("dirty_file")) and level == "pte"
         row = (ev["addr"], ev["page"], ev.get("rmap"), dirty_file)
+        if level != "pte":
+            if self.hw is not None:
+                tlb = self.hw.tlb
+                size = ev["size"]
+                geo = tlb.geometry
+                hw_level = ("pud" if size >= geo.pud_size else "pmd" if size >= geo.pmd_size
+                            else "pte")
+                tlb.entry_cleared(ev["addr"], size, hw_level, ev["page"], dirty_file,
+                                  self.seq)
+            elif self.gathering:
+                self.uncovered_size[ev["addr"]] = ev["size"]
+            self._clears((row,), self.seq - 1, ev, entries=False)
+            return
         self._clears((row,), self.seq - 1, ev)
 
     def pte_clear_rows(self, rows: list[ClearRow]) -> None:
@@ -268,13 +229,20 @@ class Checker:
         first = last_seq - len(items) + 1
         self.recent.extend(zip(range(first, last_seq + 1), items, strict=True))
 
-    def _clears(self, rows: Sequence[ClearRow], seq: int, ev: dict[str, Any] | None) -> None:
+    def _clears(self, rows: Sequence[ClearRow], seq: int, ev: dict[str, Any] | None,
+                entries: bool = True) -> None:
         """The cleared entries ``rows``, numbered from ``seq + 1``; ``ev`` is
-        the event of a single row, when it came as one."""
+        the event of a single row, when it came as one.  ``entries``: the
+        rows are base-page PTEs, for the TLB bookkeeping."""
         self.saw_callers = True
-        gathering = self.gathering
-        if gathering:
-            # s390 invalidates as it clears: only gathering arches wait.
+        hw = self.hw
+        gathering = self.gathering and hw is None
+        if hw is not None:
+            if entries:
+                hw.tlb.pte_rows(rows, seq)
+        elif gathering:
+            # The order rules: s390 invalidates as it clears, so only
+            # gathering arches wait.
             self.uncovered.update(zip(map(_ADDR, rows), map(_PAGE, rows), strict=True))
             self._uncovered_pages = None
         inflight = self.inflight
@@ -312,6 +280,11 @@ class Checker:
         rec[1] -= 1
         if not rec[0] and not rec[1]:
             del self.inflight[page]
+        hw = self.hw
+        if hw is not None:
+            if hw.tlb.dirty_pages and page in hw.tlb.dirty_pages:
+                hw.dirty_rmap_removed(page)
+            return
         if self.dirty_uncovered and page in self.dirty_uncovered and self.batch_rmap:
             self.violate(
                 "dirty-rmap-before-flush",
@@ -399,7 +372,11 @@ class Checker:
         extra = self.pending_extra
         inflight = self.inflight
         removed_vma = self.removed_vma
-        dirty = self.dirty_uncovered if self.batch_rmap else None
+        dirty: Container[int] | None
+        if self.hw is not None:
+            dirty = self.hw.tlb.dirty_pages or None
+        else:
+            dirty = self.dirty_uncovered if self.batch_rmap else None
         ptl_now = self.ptl
         # The pages of one table share one (lock, VMA) key: check it once.
         good_key: tuple[int | None, int] = _NO_KEY
@@ -478,7 +455,9 @@ class Checker:
             self.violate("free-once", f"page {page:#x} is freed more often than it was queued",
                          page)
             return
-        if rec[2] or (self.uncovered and page in self._uncovered_now()):
+        if self.hw is not None:
+            self.hw.page_released(page)
+        elif rec[2] or (self.uncovered and page in self._uncovered_now()):
             self.violate(
                 "free-before-flush",
                 f"page {page:#x} is freed while a TLB entry mapping it may still be live "
@@ -507,7 +486,12 @@ class Checker:
         inflight = self.inflight
         tables = self.tables
         pending_rmap = self.pending_rmap
-        unflushed = self._uncovered_now() if self.uncovered else ()
+        unflushed: Container[int | None]
+        if self.hw is not None:
+            tlb = self.hw.tlb
+            unflushed = tlb.pfn_index() if tlb.leaf or tlb.big else ()
+        else:
+            unflushed = self._uncovered_now() if self.uncovered else ()
         for page in ev["pages"]:
             rec = inflight.get(page)
             # The usual free: queued once, rmap gone, flushed.  Anything
@@ -529,6 +513,8 @@ class Checker:
         self._freed(ev["page"])
 
     def _tlb_flush(self, ev: dict[str, Any]) -> None:
+        if self.hw is not None:
+            return  # the hardware model follows tlb_invalidate instead
         uncovered = self.uncovered
         if ev["scope"] == "range" and uncovered:
             start, end = ev["start"], ev["end"]
@@ -555,10 +541,15 @@ class Checker:
 
     def _table_unhook(self, ev: dict[str, Any]) -> None:
         self.saw_callers = True
-        self.tables[ev["table"]] = "unhooked"
-        self.table_level[ev["table"]] = ev.get("level", "")
+        table = ev["table"]
+        self.tables[table] = "unhooked"
+        self.table_level[table] = ev.get("level", "")
+        if self.hw is not None:
+            self.hw.tlb.table_unhooked(table, ev["level"], ev["addr"], self.seq)
 
     def _rcu_queue(self, ev: dict[str, Any]) -> None:
+        if self.hw is not None:
+            return  # a table freed too early is caught when it is freed
         for table in ev["tables"]:
             state = self.tables.get(table)
             if state == "unhooked":
@@ -571,11 +562,15 @@ class Checker:
                 self.tables[table] = "rcu"
 
     def _rcu_grace_period(self, ev: dict[str, Any]) -> None:
+        if self.hw is not None:
+            self.hw.tlb.walkers_synced()
         for table, state in self.tables.items():
             if state == "rcu":
                 self.tables[table] = "rcu-done"
 
     def _ipi_sync(self, ev: dict[str, Any]) -> None:
+        if self.hw is not None:
+            self.hw.tlb.walkers_synced()
         for table, state in self.tables.items():
             if state == "flushed":
                 self.tables[table] = "ipi"
@@ -589,6 +584,9 @@ class Checker:
         if state is None:
             if self.saw_callers:
                 self.violate("free-once", f"table {table:#x} is freed but was never unhooked")
+            return
+        if self.hw is not None:
+            self.hw.table_freed(table, self.table_level.get(table, ""))
             return
         ok = state in ("rcu-done", "ipi") if self.rcu_tables else state != "unhooked"
         if not ok:
@@ -608,6 +606,9 @@ class Checker:
         if not self.saw_callers:
             return
         problems = []
+        if self.hw is not None:
+            self.hw.gather_end()
+            self.hw.tlb.set_clear_mode("keeps")
         if self.uncovered:
             problems.append(f"{len(self.uncovered)} cleared entries never flushed")
         if self.pending_rmap:
