@@ -1,6 +1,6 @@
 """The built-in ``x86-64`` arch (``arches/x86_64.py``): v6.5's
 ``tlb_flush()`` + ``flush_tlb_mm_range()`` event by event, every built-in
-scenario without a violation."""
+scenario without a violation, and the ``x86-pmd-stride`` mutant caught."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import pytest
 from mmugather.arches import x86_64
 from mmugather.core import scenario
 from mmugather.core.arch import make_machine, registry
+from mmugather.core.check import RULES
 from mmugather.core.events import Collector, make_emit
 from mmugather.core.gather import MmuGather, tlb_gather_mmu, tlb_gather_mmu_fullmm
 from mmugather.core.hw import CpuConfig, HwSemantics
 from mmugather.core.mm import MmStruct
+from mmugather.core.mutants import MUTANTS
 from mmugather.core.run import run_arch
 
 from mmugather import cli
@@ -249,3 +251,65 @@ def test_run_arch_passes_the_cpus_on() -> None:
     # The munmap frees tables while CPU 2 alone is lazy; exit's last flush
     # finds every CPU lazy.
     assert switches == [[2], [0, 1, 2]]
+
+
+# ----------------------------------------------------------------------
+# The mutant
+# ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(MUTANTS))
+def test_every_mutant_is_caught_on_x86(name: str) -> None:
+    """x86-64 gathers and batches rmaps: every mutant applies and is caught."""
+    mutant = MUTANTS[name]
+    assert mutant.applies(spec())
+    run = run_arch(scenario.load_builtin(mutant.scenario), spec(), mutant=name)
+    assert run.violation_counts.get(mutant.rule, 0) > 0, run.violation_counts
+
+
+def test_pmd_stride_mutant_is_caught_with_a_readable_report() -> None:
+    mutant = MUTANTS["x86-pmd-stride"]
+    assert mutant.applies(spec())
+    run = run_arch(scenario.load_builtin(mutant.scenario), spec(), mutant=mutant.name)
+    assert run.mutant_applies
+    assert run.violation_counts["page-reachable"] > 0
+    v = run.violations[0]
+    lines = v.render().splitlines()
+    assert lines[0] == (
+        "[page-reachable] page 0x100001 is released while CPUs 0,1 may still use a stale pte "
+        "TLB entry for 0x10001000 (ASID 1) -> page 0x100001: a load or store there reaches a "
+        "page the mm no longer owns")
+    assert lines[1] == f"  rule: {RULES['page-reachable']}"
+    # The trail shows the flush at the wrong stride: one INVLPG per 2 MiB.
+    (inv,) = [e for e in v.trail if e["event"] == "tlb_invalidate"]
+    assert (inv["op"], inv["stride"]) == ("invlpg", PMD)
+    flush = next(e for e in v.trail if e["event"] == "tlb_flush")
+    assert flush["levels"] == ["pte", "pmd"]
+
+
+def test_pmd_stride_mutant_exits_1_from_the_command_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["run", "order0-anon", "--arch", "x86-64", "--mutant", "x86-pmd-stride",
+                       "--show", "1"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert out.splitlines()[0] == "scenario: order0-anon   mutant: x86-pmd-stride"
+    assert "\nx86-64: " in out and "page-reachable: " in out
+
+
+def test_pmd_stride_mutant_changes_nothing_without_a_pmd_level() -> None:
+    """Without a PMD-level clear the stride is the kernel's: same events."""
+    def steps(tlb: MmuGather) -> None:
+        ptes(3)(tlb)
+
+    good = play(steps)
+    events = Collector()
+    emit = make_emit(observers=[events])
+    machine = make_machine("x86-64", emit=emit, hw_emit=emit,
+                           extra_plugins=[MUTANTS["x86-pmd-stride"].plugin])
+    tlb = tlb_gather_mmu(machine, MmStruct.on(machine.cpus))
+    steps(tlb)
+    tlb.tlb_finish_mmu()
+    bad = [{k: v for k, v in e.items() if k != "event"} if e["event"] == "tlb_flush"
+           else tuple(e[k] for k in INV) for e in events.named("tlb_flush", "tlb_invalidate")]
+    assert bad == good
