@@ -246,6 +246,28 @@ def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert not target.parent.exists()
 
 
+def test_record_saves_what_was_recorded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The path from a recording to --record and the report, with the
+    tracer replaced by the shipped recording (no tracing needed)."""
+    monkeypatch.setattr(tracer, "record", lambda chosen, **kw: recording())
+    target = tmp_path / "rec.json"
+    status, out, err = host_check(capsys, "--record", str(target))
+    assert (status, err) == (0, "")
+    assert out.endswith(TABLE + "\n")
+    assert json.loads(target.read_text()) == recording()
+
+
+def test_record_to_a_full_device_leaves_it_alone(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    if not Path("/dev/full").is_char_device():
+        pytest.fail("this test needs /dev/full")
+    monkeypatch.setattr(tracer, "record", lambda chosen, **kw: recording())
+    assert _rejected(capsys, "--record", "/dev/full") == (
+        "mmugather: /dev/full: cannot write: No space left on device\n")
+    assert Path("/dev/full").is_char_device()
+
+
 def test_not_root_is_one_line(monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     monkeypatch.setattr(tracer.platform, "machine", lambda: "x86_64")

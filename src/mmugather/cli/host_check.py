@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from typing import Any
@@ -66,9 +67,9 @@ def cmd_host_check(args: argparse.Namespace) -> int:
         except tracer.RecordError as exc:
             return _error(f"host-check: {exc}")
         if args.record is not None:
-            with open(args.record, "w") as f:
-                json.dump(rec, f, indent=1)
-                f.write("\n")
+            problem = _save(args.record, json.dumps(rec, indent=1) + "\n")
+            if problem:
+                return _error(f"{args.record}: cannot write: {problem}")
     return _report(rec, args.from_file)
 
 
@@ -80,6 +81,20 @@ def _unwritable(path: str) -> str | None:
         return "no such directory"
     if not os.access(parent, os.W_OK):
         return "permission denied"
+    return None
+
+
+def _save(path: str, text: str) -> str | None:
+    """Write ``text`` to ``path`` whole, or leave no partial file there (a
+    device such as /dev/full is left alone)."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        if os.path.isfile(path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return exc.strerror or str(exc)
     return None
 
 

@@ -121,6 +121,8 @@ class Instance:
             _mount_tracefs()
             self.mounted_here = True
         try:
+            if os.path.isdir(self.path):
+                os.rmdir(self.path)  # left by a run of the same pid that was killed
             os.mkdir(self.path)
             self.write("buffer_size_kb", "1024")
             self.write(EVENT + "/enable", "1")
@@ -199,7 +201,12 @@ def run_once(w: Workload, inst: Instance, cpu: int) -> dict[str, Any]:
         proc.stdin.write("GO\n")
         proc.stdin.flush()
         line = proc.stdout.readline()
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        line, err = "", "timed out after 120 s"
     inst.write(EVENT + "/filter", "0")
     if not line.startswith("RESULT "):
         last = (err.strip().splitlines() or ["no output"])[-1]
