@@ -19,6 +19,8 @@ from mmugather.core.arch import ArchSpec
 from mmugather.core.gather import MmuGather, PageRemover
 from mmugather.core.hookspecs import hookimpl
 
+from mmugather.mutants import x86_pmd_stride
+
 
 def _gathering(spec: ArchSpec) -> bool:
     return "MMU_GATHER_NO_GATHER" not in spec.resolved_features()
@@ -95,6 +97,18 @@ MUTANTS: dict[str, Mutant] = {
             "rmap-not-pending",
             _batching,
             caller="no-discard-rmaps",
+        ),
+        Mutant(
+            x86_pmd_stride.NAME,
+            "x86-64 flushes a range holding PTEs with the PMD stride (PMD_SHIFT whenever a "
+            "PMD-level entry was cleared too): one INVLPG per 2 MiB misses the 4K entries in "
+            "between.  No fixing commit: it breaks the rule flush_tlb_mm_range() relies on, "
+            "tlb_get_unmap_shift() giving the smallest level cleared",
+            "page-reachable",
+            x86_pmd_stride.applies,
+            plugin=x86_pmd_stride,
+            # Half of a heap munmapped: its PTE tables go too (cleared_pmds).
+            scenario="order0-anon",
         ),
         Mutant(
             "direct-table-free",

@@ -21,6 +21,7 @@ from mmugather.core.arch import ArchSpec, make_machine
 from mmugather.core.callers import Teardown, run_ops
 from mmugather.core.check import Checker, Violation
 from mmugather.core.events import Processor, RowBus, make_stream
+from mmugather.core.hw.cpus import CpuConfig
 from mmugather.core.scenario import Scenario, build
 from mmugather.core.stats import RunStats
 
@@ -92,6 +93,7 @@ def run_arch(
     progress_total: Callable[[int], None] | None = None,
     stats: bool = True,
     strategy: str | None = None,
+    cpus: CpuConfig | None = None,
 ) -> ArchRun:
     """Run ``scenario`` on one arch and return what happened.
 
@@ -102,7 +104,8 @@ def run_arch(
     ``progress`` is called with the entries of each PTE table the callers
     have walked; ``progress_total``, once the address space is built, with
     the entries of all its PTE tables (a bar's end: a table the queue filled
-    is walked again, so the count can pass it).
+    is walked again, so the count can pass it).  ``cpus`` says who runs the mm (``make_machine()``'s default: two CPUs,
+    a thread of the process on each).
     """
     strat = strategies.resolve(strategy)
     size = page_size or spec.page_sizes[0]
@@ -137,7 +140,7 @@ def run_arch(
         checker.emit = emit
     machine = make_machine(
         spec, page_size=size, emit=emit, detail=emit if detail else None, extra_plugins=plugins,
-        strategy=strat.name, rows=rows, hw_emit=emit,
+        strategy=strat.name, rows=rows, cpus=cpus, hw_emit=emit,
     )
     aspace = build(scenario, machine.geometry)
     mapped = aspace.mapped_ptes()

@@ -1,5 +1,5 @@
 """The conformance kit: built-in arches pass it, a broken arch fails it with
-the rule's name, and the x86-64 example installed from its own folder is
+the rule's name, and the riscv example installed from its own folder is
 found through its entry point and passes it too."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mmugather.core.hookspecs import hookimpl
 from mmugather.conformance import RULES, ConformanceError, check_all
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "docs" / "examples" / "mmugather-x86"
+EXAMPLE = ROOT / "docs" / "examples" / "mmugather-riscv"
 
 
 @pytest.mark.parametrize("spec", BUILTIN, ids=[s.name for s in BUILTIN])
@@ -76,12 +76,12 @@ def test_registry_takes_extra_plugins_and_refuses_duplicates() -> None:
 
 
 @pytest.fixture(scope="module")
-def x86_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def riscv_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example arch, installed with pip from its own folder (no
     dependencies: mmugather itself is the one under test)."""
-    target = tmp_path_factory.mktemp("x86site")
-    build = tmp_path_factory.mktemp("x86src")
-    src = build / "mmugather-x86"
+    target = tmp_path_factory.mktemp("riscvsite")
+    build = tmp_path_factory.mktemp("riscvsrc")
+    src = build / "mmugather-riscv"
     subprocess.run(["cp", "-r", str(EXAMPLE), str(src)], check=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps",
@@ -97,45 +97,52 @@ def _run(site: Path, *args: str, cwd: Path | None = None) -> subprocess.Complete
                           timeout=300)
 
 
-def test_example_arch_is_listed_with_its_origin(x86_site: Path) -> None:
-    out = _run(x86_site, sys.executable, "-m", "mmugather", "arches", "--json")
+def test_example_arch_is_listed_with_its_origin(riscv_site: Path) -> None:
+    out = _run(riscv_site, sys.executable, "-m", "mmugather", "arches", "--json")
     assert out.returncode == 0, out.stderr
     import json
 
     arches = {a["name"]: a for a in json.loads(out.stdout)}
-    assert arches["x86-64"]["origin"] == "entry point x86-64 (mmugather-x86 0.1.0)"
-    assert arches["x86-64"]["features"] == "SMP, MMU_GATHER_MERGE_VMAS"
+    assert arches["riscv"]["origin"] == "entry point riscv (mmugather-riscv 0.1.0)"
+    assert arches["riscv"]["features"] == "SMP"
 
 
-def test_example_arch_runs_and_passes_the_kit(x86_site: Path, tmp_path: Path) -> None:
-    run = _run(x86_site, sys.executable, "-m", "mmugather", "run", "--arch", "x86-64")
+def test_example_arch_runs_and_passes_the_kit(riscv_site: Path, tmp_path: Path) -> None:
+    run = _run(riscv_site, sys.executable, "-m", "mmugather", "run", "--arch", "riscv")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "no invariant violations" in run.stdout
-    kit = _run(x86_site, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               "--mmu-arch", "x86-64", cwd=tmp_path)
+    kit = _run(riscv_site, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               "--mmu-arch", "riscv", cwd=tmp_path)
     assert kit.returncode == 0, kit.stdout + kit.stderr
     assert f"{len(RULES)} passed" in kit.stdout
 
 
-def test_example_x86_flush_ceiling(x86_site: Path) -> None:
-    """33 strides flush the range; 34 flush everything (tlb_single_page_flush_ceiling)."""
-    sys.path.insert(0, str(x86_site))
+def test_example_riscv_flushes_the_whole_mm(riscv_site: Path) -> None:
+    """riscv's tlb_flush() is flush_tlb_mm() for one page as for many, with
+    the contract's fields only and the generic whole-ASID invalidation."""
+    sys.path.insert(0, str(riscv_site))
     try:
-        import mmugather_x86
+        import mmugather_riscv
     finally:
-        sys.path.remove(str(x86_site))
+        sys.path.remove(str(riscv_site))
     from mmugather.core import MmStruct, make_machine, tlb_gather_mmu
 
-    for pages, scope in ((33, "range"), (34, "mm")):
+    for pages in (1, 34):
         events = Collector()
-        machine = make_machine(mmugather_x86.X86_64, emit=make_emit(observers=[events]))
+        hw = Collector()
+        machine = make_machine(mmugather_riscv.RISCV, emit=make_emit(observers=[events]),
+                               hw_emit=make_emit(observers=[hw]))
         tlb = tlb_gather_mmu(machine, MmStruct())
         for k in range(pages):
             tlb.tlb_remove_tlb_entry(0x400000 + k * 4096)
         tlb.tlb_flush_mmu_tlbonly()
         (flush,) = events.named("tlb_flush")
-        assert flush["scope"] == scope
-        assert flush["stride_shift"] == 12
+        assert {k: v for k, v in flush.items() if k not in ("#", "event")} == {
+            "scope": "mm", "exec": False, "huge": False, "freed_tables": False,
+            "levels": ["pte"]}
+        (inv,) = hw.named("tlb_invalidate")
+        assert (inv["op"], inv["cpus"], inv["start"], inv["walk"]) == (
+            "flush_tlb_mm", [0, 1], None, "asid")
 
 
 def test_kit_rejects_unknown_arch(tmp_path: Path) -> None:

@@ -489,7 +489,9 @@ class Checker:
         unflushed: Container[int | None]
         if self.hw is not None:
             tlb = self.hw.tlb
-            unflushed = tlb.pfn_index() if tlb.leaf or tlb.big else ()
+            # Stale entries nobody may use (a dead mm's, a lazy CPU's on x86)
+            # cannot make a free wrong: skip the index then.
+            unflushed = tlb.pfn_index() if (tlb.leaf or tlb.big) and tlb.leaf_users() else ()
         else:
             unflushed = self._uncovered_now() if self.uncovered else ()
         for page in ev["pages"]:

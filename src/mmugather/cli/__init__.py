@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mmugather {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from mmugather.cli import analyze, bench, compare, listing, replay, run
+    from mmugather.cli import analyze, bench, compare, host_check, listing, replay, run
 
     replay.add_replay_parser(sub)
     run.add_run_parser(sub)
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_analyze_parser(sub)
     bench.add_bench_parser(sub)
     compare.add_compare_parser(sub)
+    host_check.add_host_check_parser(sub)
     return parser
 
 
