@@ -1,14 +1,15 @@
-"""The built-in arch configurations, the five of the replay contract.
+"""The built-in arch configurations: the five of the replay contract, and
+real arches as v6.5 builds them.
 
 Each is a composition of feature plugins (as Kconfig selects them) and, for
-s390, a plugin of its own.  Third-party arches provide the same hook,
+s390 and the real arches, a plugin of their own.  Third-party arches provide the same hook,
 ``mmugather_add_arches``, from a module named in the ``mmugather.arches``
 entry-point group.
 """
 
 from __future__ import annotations
 
-from mmugather.arches import s390
+from mmugather.arches import arm64, powerpc, s390
 from mmugather.core.arch import ArchSpec
 from mmugather.core.constants import Geometry
 from mmugather.core.hookspecs import hookimpl
@@ -43,7 +44,11 @@ RCU_TABLE_FREE = ArchSpec(
     geometry=Geometry,
 )
 
-BUILTIN = (GENERIC_SMP, UP, s390.SPEC, PAGE_SIZE, RCU_TABLE_FREE)
+BUILTIN = (
+    GENERIC_SMP, UP, s390.SPEC, PAGE_SIZE, RCU_TABLE_FREE,
+    arm64.SPEC, arm64.SPEC_TLBIRANGE,
+    powerpc.SPEC,
+)
 
 #: The arch used when none is named (the tox matrix sets MMUGATHER_ARCH).
 DEFAULT_ARCH = "generic-smp"

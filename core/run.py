@@ -21,6 +21,7 @@ from mmugather.core.arch import ArchSpec, make_machine
 from mmugather.core.callers import Teardown, run_ops
 from mmugather.core.check import Checker, Violation
 from mmugather.core.events import Processor, RowBus, make_stream
+from mmugather.core.hw.cpus import CpuConfig
 from mmugather.core.scenario import Scenario, build
 from mmugather.core.stats import RunStats
 
@@ -91,12 +92,14 @@ def run_arch(
     progress: Callable[[int], None] | None = None,
     stats: bool = True,
     strategy: str | None = None,
+    cpus: CpuConfig | None = None,
 ) -> ArchRun:
     """Run ``scenario`` on one arch and return what happened.
 
     ``strategy`` names the rmap-removal strategy (``core/strategies.py``):
     its engine plugins and its ``zap_pte_range()``; ``None`` is the one in
     force (``pointer`` unless ``strategies.selected()`` says otherwise).
+    ``cpus``: who runs the mm (``make_machine()``; two threads by default).
     """
     strat = strategies.resolve(strategy)
     size = page_size or spec.page_sizes[0]
@@ -131,7 +134,7 @@ def run_arch(
         checker.emit = emit
     machine = make_machine(
         spec, page_size=size, emit=emit, detail=emit if detail else None, extra_plugins=plugins,
-        strategy=strat.name, rows=rows, hw_emit=emit,
+        strategy=strat.name, rows=rows, hw_emit=emit, cpus=cpus,
     )
     aspace = build(scenario, machine.geometry)
     mapped = aspace.mapped_ptes()
