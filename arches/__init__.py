@@ -1,5 +1,5 @@
 """The built-in arch configurations: the five of the replay contract and the
-real arches (``x86-64``).
+real arches as v6.5 builds them (x86-64, arm64, powerpc radix).
 
 Each is a composition of feature plugins (as Kconfig selects them) and, for
 s390 and the real arches, a plugin of its own.  Third-party arches provide
@@ -9,7 +9,7 @@ the same hook, ``mmugather_add_arches``, from a module named in the
 
 from __future__ import annotations
 
-from mmugather.arches import s390, x86_64
+from mmugather.arches import arm64, powerpc, s390, x86_64
 from mmugather.core.arch import ArchSpec
 from mmugather.core.constants import Geometry
 from mmugather.core.hookspecs import hookimpl
@@ -47,6 +47,8 @@ RCU_TABLE_FREE = ArchSpec(
 BUILTIN = (
     GENERIC_SMP, UP, s390.SPEC, PAGE_SIZE, RCU_TABLE_FREE,
     x86_64.SPEC,
+    arm64.SPEC, arm64.SPEC_TLBIRANGE,
+    powerpc.SPEC,
 )
 
 #: The arch used when none is named (the tox matrix sets MMUGATHER_ARCH).

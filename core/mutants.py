@@ -64,6 +64,57 @@ class Mutant:
     scenario: str = "default"
 
 
+def _arm64_mutants() -> tuple[Mutant, ...]:
+    """arm64's tlb_flush() and table freeing, one step broken each
+    (``mmugather.mutants``); they apply to arm64 and arm64-tlbirange."""
+    from mmugather.mutants import (
+        _arm64,
+        arm64_last_level,
+        arm64_no_rcu_table_free,
+        arm64_range_round_down,
+        arm64_ttl_off,
+    )
+
+    return (
+        Mutant(
+            "arm64-last-level",
+            "arm64's tlb_flush() takes last_level even after page tables were freed: "
+            "leaf-only TLBI VALE1IS, and no TLBI at all at exit, leave walk-cache entries to "
+            "the freed tables (the hazard 7a30df49f63a removed)",
+            "table-reachable",
+            _arm64.applies,
+            plugin=arm64_last_level.PLUGIN,
+            scenario="order0-anon",
+        ),
+        Mutant(
+            "arm64-ttl-off",
+            "arm64's TTL hint names the level above the entries cleared; with a wrong hint "
+            "the TLBI need invalidate nothing (the kind of hint 52218fcd61cb fixed)",
+            "page-reachable",
+            _arm64.applies,
+            plugin=arm64_ttl_off.PLUGIN,
+        ),
+        Mutant(
+            "arm64-range-round-down",
+            "__flush_tlb_range() rounds the end down to the stride: the last freed table's "
+            "stride is not invalidated (67a902a rounds the end up)",
+            "table-reachable",
+            _arm64.applies,
+            plugin=arm64_range_round_down.PLUGIN,
+            scenario="order0-anon",
+        ),
+        Mutant(
+            "arm64-no-rcu-table-free",
+            "arm64 frees page tables right after its broadcast TLBI, which waits for no "
+            "gup_fast() walker (5e5f6dc10546 frees them after RCU)",
+            "table-free-walkers",
+            _arm64.applies,
+            plugin=arm64_no_rcu_table_free,
+            scenario="order0-anon",
+        ),
+    )
+
+
 MUTANTS: dict[str, Mutant] = {
     m.name: m
     for m in (
@@ -117,6 +168,7 @@ MUTANTS: dict[str, Mutant] = {
             _always,
             plugin=SimpleNamespace(tlb_remove_table=_free_table_at_once),
         ),
+        *_arm64_mutants(),
     )
 }
 

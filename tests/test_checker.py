@@ -80,7 +80,16 @@ def test_mutants_apply_where_the_docs_say() -> None:
         "direct-table-free": list(ARCHES),
         # x86-64 alone (tests/test_x86.py)
         "x86-pmd-stride": [],
+        # arm64's own steps: none of the contract arches has them
+        "arm64-last-level": [],
+        "arm64-ttl-off": [],
+        "arm64-range-round-down": [],
+        "arm64-no-rcu-table-free": [],
     }
+    arm64 = ["arm64", "arm64-tlbirange"]
+    assert {name: [a for a in (*ARCHES, *arm64, "powerpc-radix") if m.applies(spec(a))]
+            for name, m in MUTANTS.items() if name.startswith("arm64-")} == {
+        name: arm64 for name in MUTANTS if name.startswith("arm64-")}
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))

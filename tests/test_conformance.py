@@ -7,18 +7,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import attrs
 import pytest
-from mmugather.arches import BUILTIN, GENERIC_SMP
+from mmugather.arches import BUILTIN, GENERIC_SMP, arm64
 from mmugather.core.arch import ArchRegistry
 from mmugather.core.events import Collector, make_emit
 from mmugather.core.gather import MmuGather
 from mmugather.core.hookspecs import hookimpl
+from mmugather.core.mutants import MUTANTS
+from mmugather.core.run import run_arch
+from mmugather.core.scenario import load_builtin
 
-from mmugather.conformance import RULES, ConformanceError, check_all
+from mmugather.conformance import INVARIANT_SCENARIOS, RULES, ConformanceError, check_all
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "examples" / "mmugather-riscv"
@@ -63,6 +67,44 @@ def test_each_rule_raises_with_its_name() -> None:
         RULES["invariants"](BROKEN)
     assert str(info.value).startswith(FLUSH_RULES)
     assert "mmugather run --arch broken" in str(info.value)
+
+
+ARM64_BUGS = sorted(n for n in MUTANTS if n.startswith("arm64-"))
+
+
+@pytest.mark.parametrize("name", ARM64_BUGS)
+def test_an_arm64_plugin_carrying_a_bug_fails_the_invariants_rule(name: str) -> None:
+    """The arm64 plugin with one of its steps broken (the mutant's override
+    appended to its plugins) fails ``invariants``, naming the checker's rule;
+    the default scenario alone would not show the table-free bugs."""
+    mutant = MUTANTS[name]
+    buggy = attrs.evolve(arm64.SPEC, name=f"buggy-{name}", plugins=(*arm64.SPEC.plugins,
+                                                                     mutant.plugin))
+    with pytest.raises(ConformanceError) as info:
+        RULES["invariants"](buggy)
+    assert info.value.rule == mutant.rule
+    text = str(info.value)
+    assert text.startswith(f"[{mutant.rule}] ")
+    assert "(invariants: " in text
+    # Each comes out in the first scenario that exposes it.
+    shown = [f"violations in scenario {sc!r}; mmugather run"
+             + ("" if sc == "default" else f" {sc}") + f" --arch buggy-{name} shows them)"
+             for sc in INVARIANT_SCENARIOS]
+    assert any(text.endswith(end) for end in shown), text
+    failures = check_all(buggy)
+    assert [f for f in failures if not f.startswith("[registered] ")] == [text]
+
+
+def test_invariants_runs_scenarios_that_free_tables_under_a_running_thread() -> None:
+    assert INVARIANT_SCENARIOS[0] == "default"
+    unhooks = Counter()
+    for name in INVARIANT_SCENARIOS[1:]:
+        events = Collector()
+        run_arch(load_builtin(name), arm64.SPEC, extra_observers=[events])
+        before_exit = events.events[:next(i for i, e in enumerate(events.events)
+                                          if e["event"] == "mm_exit")]
+        unhooks.update(e["level"] for e in before_exit if e["event"] == "table_unhook")
+    assert unhooks["pte"] > 0
 
 
 def test_registry_takes_extra_plugins_and_refuses_duplicates() -> None:

@@ -209,3 +209,49 @@ def test_mmu_hw_semantics_hook_per_feature() -> None:
     spec = registry().get("generic-smp")
     pm_answer = make_machine(spec).hook.mmu_hw_semantics(arch=spec)
     assert pm_answer == HwSemantics()
+
+
+def test_a_dead_mm_leaves_nothing_to_track_where_its_asid_is_invalidated_before_reuse() -> None:
+    tlb = TlbModel(GEO, CpuConfig(), HwSemantics(asid_reuse_invalidates=True))
+    cleared(tlb, 2)
+    tlb.mm_exit()
+    # Cleared at exit: nobody runs in the mm and the ASID is not reused
+    # unflushed, so nothing is recorded (arm64's exit issues no TLBI).
+    cleared(tlb, 3, start=BASE + 0x100000)
+    assert sorted(tlb.leaf) == [BASE, BASE + PS]
+    tlb = model()
+    tlb.mm_exit()
+    cleared(tlb, 3)
+    assert len(tlb.leaf) == 3  # elsewhere they must still be invalidated
+
+
+def _hw_config(**kw: object) -> dict[str, object]:
+    ev = {"event": "hw_config", "nr_cpus": 2, "running": [0, 1], "lazy": [], "asid": 1,
+          "page_size": PS, "pmd_size": GEO.pmd_size, "pud_size": GEO.pud_size,
+          "p4d_size": GEO.p4d_size, "pgdir_size": GEO.pgdir_size,
+          "lazy_cpus_use_leaf": True, "asid_reuse_invalidates": False}
+    ev.update(kw)
+    return ev
+
+
+def test_a_table_handed_to_rcu_must_be_unreachable_through_walk_caches() -> None:
+    """The grace period may end at once: an invalidation after call_rcu()
+    is too late, so the walk caches are judged at the hand-over."""
+    from mmugather.core.check import Checker
+
+    checker = Checker(registry().get("rcu-table-free"))
+    for ev in (
+        _hw_config(),
+        {"event": "table_unhook", "table": 0x77, "level": "pte", "addr": BASE},
+        {"event": "rcu_queue", "tables": [0x77]},
+        Invalidate("flush_tlb_mm", cpus=0b11).fields(asid=1) | {"event": "tlb_invalidate"},
+        {"event": "rcu_grace_period", "callbacks": 1},
+        {"event": "table_free", "tables": [0x77]},
+    ):
+        checker(None, "info", ev)
+    assert [v.rule for v in checker.violations] == ["table-reachable"]
+    assert checker.violations[0].message == (
+        "pte table 0x77 is handed to RCU while CPUs 0,1 may still walk a stale pmd walk-cache "
+        "entry for 0x400000 (ASID 1) -> table 0x77: the grace period can end before any later "
+        "invalidation, and the walker then reads whatever the page holds next")
+    assert checker.violations[0].seq == 3

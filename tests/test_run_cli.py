@@ -20,7 +20,7 @@ from mmugather.core.check import RULES
 from mmugather.core.mutants import MUTANTS
 from mmugather.core.run import ArchRun
 from mmugather.core.stats import ROWS, RunStats
-from teardown_kit import ARCHES, spec
+from teardown_kit import spec
 
 from mmugather import cli
 from mmugather.cli.run import format_table
@@ -177,7 +177,7 @@ def test_mutant_json(capsys: pytest.CaptureFixture[str]) -> None:
             assert r["violations"] == {} and r["stats"]["violations"] == 0
 
 
-@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("arch", ALL)
 def test_events_log_gives_the_run_numbers(
     arch: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -82,6 +82,8 @@ class Checker:
         self.pending_extra: dict[int, int] = {}
         self.tables: dict[int, str] = {}  # table -> unhooked|flushed|rcu|rcu-done|ipi
         self.table_level: dict[int, str] = {}
+        #: an address the table mapped (a run's tables), for reports
+        self.table_addr: dict[int, int] = {}
         self.cleared_since_flush = False
         self.queued_need_flush: dict[int, int] = {}  # replay mode: page -> queued count
         self.saw_callers = replay
@@ -548,10 +550,15 @@ class Checker:
         self.table_level[table] = ev.get("level", "")
         if self.hw is not None:
             self.hw.tlb.table_unhooked(table, ev["level"], ev["addr"], self.seq)
+            self.table_addr[table] = ev["addr"]
 
     def _rcu_queue(self, ev: dict[str, Any]) -> None:
         if self.hw is not None:
-            return  # a table freed too early is caught when it is freed
+            # Walk caches are judged now (the free may follow at once);
+            # lockless walkers when the table is freed.
+            for table in ev["tables"]:
+                self.hw.table_queued(table, self.table_level.get(table, ""))
+            return
         for table in ev["tables"]:
             state = self.tables.get(table)
             if state == "unhooked":
@@ -588,7 +595,8 @@ class Checker:
                 self.violate("free-once", f"table {table:#x} is freed but was never unhooked")
             return
         if self.hw is not None:
-            self.hw.table_freed(table, self.table_level.get(table, ""))
+            self.hw.table_freed(table, self.table_level.get(table, ""),
+                                self.table_addr.pop(table, None))
             return
         ok = state in ("rcu-done", "ipi") if self.rcu_tables else state != "unhooked"
         if not ok:

@@ -97,8 +97,9 @@ class HardwareRules:
         )
         return True
 
-    def table_freed(self, table: int, level: str) -> bool:
-        """``table`` is freed (or handed back to the allocator)."""
+    def table_freed(self, table: int, level: str, addr: int | None = None) -> bool:
+        """``table`` is freed (or handed back to the allocator); ``addr``:
+        an address it mapped, for the report."""
         broke = False
         reach = self.tlb.table_reach(table)
         if reach is not None:
@@ -112,7 +113,8 @@ class HardwareRules:
         if seq is not None:
             self.violate(
                 "table-free-walkers",
-                f"{level or 'page'} table {table:#x} is freed while a lockless walker "
+                f"{level or 'page'} table {table:#x}{self._maps(level, addr)} is freed while "
+                "a lockless walker "
                 f"(gup_fast, IRQs off) on {describe(self.tlb.gup_cpus())} may still be inside: "
                 f"no invalidation that waits for it, no synchronising IPI and no RCU grace "
                 f"period since its unhook (event #{seq})",
@@ -120,6 +122,35 @@ class HardwareRules:
             broke = True
         self.tlb.walk.pop(table, None)
         return broke
+
+    def _maps(self, level: str, addr: int | None) -> str:
+        """`` (for [start, end), ASID n)``: what a table of ``level`` that
+        mapped ``addr`` translated."""
+        geo = self.tlb.geometry
+        size = {"pte": geo.pmd_size, "pmd": geo.pud_size, "pud": geo.p4d_size,
+                "p4d": geo.pgdir_size}.get(level)
+        if addr is None or size is None:
+            return ""
+        start = addr & ~(size - 1)
+        return f" (for [{start:#x}, {start + size:#x}), ASID {self.tlb.asid})"
+
+    def table_queued(self, table: int, level: str) -> bool:
+        """``table`` is handed to RCU (``tlb_remove_table_free()``): one
+        grace period later it is freed, and nothing orders an invalidation
+        issued after this point before that free, so no walk-cache entry
+        may lead to it any more (``tlb_table_invalidate()``)."""
+        reach = self.tlb.table_reach(table)
+        if reach is None:
+            return False
+        self.violate(
+            "table-reachable",
+            f"{level or 'page'} table {table:#x} is handed to RCU while {describe(reach.cpus)} "
+            f"may still walk {entry_text(reach)}: the grace period can end before any later "
+            "invalidation, and the walker then reads whatever the page holds next",
+        )
+        # Reported once, here, not again when it is freed.
+        self.tlb.walk.pop(table, None)
+        return True
 
     def vma_end(self, start: int, end: int, pfnmap: bool) -> None:
         """tlb_end_vma(): a VM_PFNMAP VMA's entries must be gone by now (the

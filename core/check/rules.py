@@ -17,8 +17,9 @@ HARDWARE_RULES: dict[str, str] = {
     "dirty-page-reachable": "no dirty shared file page loses its rmap while another CPU may "
     "still store through a stale dirty TLB entry (a dirty entry is written through without "
     "a page walk, so writeback's folio_mkclean() cannot stop it)",
-    "table-reachable": "no page-table page is freed while a walk-cache entry a CPU may walk "
-    "still points to it (hardware walkers use cached upper-level entries, speculatively too)",
+    "table-reachable": "no page-table page is freed, or handed to RCU to be freed, while a "
+    "walk-cache entry a CPU may walk still points to it (hardware walkers use cached "
+    "upper-level entries, speculatively too)",
     "stale-after-unmap": "munmap() and madvise() of a live mm return, and tlb_end_vma() of a "
     "VM_PFNMAP VMA returns, only when no CPU may still use a stale entry of what they unmapped",
     "stale-after-exit": "the teardown of a dead mm ends with no stale entry held, unless the "

@@ -141,6 +141,10 @@ class TlbModel:
         mode = self.clear_mode
         if mode == CLEAR_DIRECT:
             return None
+        if not self.mm_alive and self.semantics.asid_reuse_invalidates:
+            # Nobody runs in a dead mm, and its ASID is invalidated before
+            # another mm gets it: what it leaves in the TLBs is never used.
+            return None
         if mode == CLEAR_DEFERRED:
             return 1 << ZAPPING_CPU, 0
         holders = self.mm_cpumask
