@@ -20,8 +20,9 @@ contiguous pages of one folio, instead of page pointers:
   ``free_folios_and_swap_cache()``: ``free_swap_cache()`` once per range,
   then ``folios_put_refs()``, one reference per page, dropped at once.
 
-The caller is the seed patch's ``zap_pte_range()``, unchanged.  Folio
-boundaries come from the address-space model (``Teardown.folio_end()``);
+The caller is the seed patch's ``zap_pte_range()``, unchanged, over the
+series' ``mm/rmap.c`` (``SeriesRmap``).  Folio boundaries come from the
+address-space model (``GatherModel.folio_end()``, ``core/callers/model.py``);
 without one every page is a folio of its own.
 
 Registered over the arch's plugins it changes only gathering CONFIG_SMP
@@ -51,7 +52,7 @@ KEY = "ranges"
 
 
 class FolioModel(Protocol):
-    """What the strategy needs from an address-space model (``Teardown``)."""
+    """What the strategy needs from an address-space model (``GatherModel``)."""
 
     def folio_head(self, pfn: int) -> int: ...
 

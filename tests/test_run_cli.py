@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from mmugather.core import scenario
 from mmugather.core.check import RULES
-from mmugather.core.mutants import MUTANTS
 from mmugather.core.stats import ROWS, RunStats
 from teardown_kit import ARCHES, spec
 
 from mmugather import cli
+from mmugather.mutants import MUTANTS
 
 KEYS = [k for k, _ in ROWS]
 

@@ -44,7 +44,7 @@ def cmd_arches(args: argparse.Namespace) -> int:
 
 def cmd_mutants(args: argparse.Namespace) -> int:
     from mmugather.core.check import RULES
-    from mmugather.core.mutants import MUTANTS
+    from mmugather.mutants import MUTANTS
 
     for m in MUTANTS.values():
         print(f"{m.name}\n    {m.description}\n    caught by: {m.rule} ({RULES[m.rule]})")

@@ -17,7 +17,7 @@ from mmugather.core.stats import ROWS
 def cmd_run(args: argparse.Namespace) -> int:
     import json
 
-    from mmugather.core import mutants
+    from mmugather import mutants
     from mmugather.core.arch import ArchError, make_machine, registry
     from mmugather.core.run import run_arch
     from mmugather.core.scenario import ScenarioError, check_geometry, resolve
