@@ -5,6 +5,7 @@ it is wrong is ``tests/test_checker.py``'s."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,9 @@ from mmugather.core.run import run_arch
 from mmugather.core.scenario import load_builtin
 from teardown_kit import PS, rig
 
-from mmugather import mutants
+from mmugather import cli, mutants
 from mmugather.mutants import MUTANTS, Mutant
-from mmugather.mutants.base import always
+from mmugather.mutants.base import always, batching
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = strategies.names()
@@ -188,3 +189,27 @@ def test_run_arch_makes_a_gather_mutants_gather(monkeypatch: pytest.MonkeyPatch)
     run = run_arch(load_builtin("order0-anon"), registry().get("up"), mutant=m.name)
     assert run.mutant == m.name and run.stats["gathers"] == 2
     assert made == [DropsFreedTables, DropsFreedTables]
+
+
+def test_mutants_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["mutants"]) == 0
+    out = capsys.readouterr().out
+    assert "    applies: where rmap removal is batched (CONFIG_SMP with gathering): " \
+           "generic-smp, page-size, rcu-table-free\n" in out
+    assert "    fixed by: 5df397dec7c4 (\"mm: delay page_remove_rmap() until after the TLB " \
+           "has been flushed\", v6.2)\n" in out
+    assert "    overrides: caller step: Memory.zap_pte_start()\n" in out
+    assert "    overrides: engine plugin: hook tlb_remove_table\n" in out
+    assert cli.main(["mutants", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [d["name"] for d in doc] == list(MUTANTS)
+    by_name = {d["name"]: d for d in doc}
+    assert set(by_name["free-before-flush"]) == {"name", "description", "rule", "breaks",
+                                                 "where", "arches", "fixed_by", "overrides"}
+    assert by_name["free-before-flush"]["fixed_by"] is None
+    assert by_name["direct-table-free"]["arches"] == registry().names()
+    assert by_name["no-discard-rmaps"]["arches"] == [
+        s.name for s in registry() if batching(s)
+    ]
+    assert all(re.match(r"(engine plugin|caller step|engine step): ", d["overrides"])
+               for d in doc)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -62,6 +62,33 @@ class Mutant:
     def where(self) -> str:
         """Where it applies, in words (the ``applies`` condition's docstring)."""
         return (self.applies.__doc__ or "").strip()
+
+    def overrides(self) -> str:
+        """What it overrides, in words."""
+        if self.plugin is not None:
+            hooks = sorted(n for n in dir(self.plugin) if not n.startswith("_"))
+            return "engine plugin: " + ", ".join(f"hook {h}" for h in hooks)
+        if self.gather is not None:
+            own = sorted(n for n, v in vars(self.gather).items()
+                         if callable(v) and not n.startswith("__"))
+            return "engine step: " + ", ".join(f"MmuGather.{n}()" for n in own)
+        return "caller step: " + ", ".join(
+            f"{self.callers[part].__mro__[1].__name__}.{name}()" for part, name in self.steps()
+        )
+
+    def as_json(self, specs: Iterable[ArchSpec]) -> dict[str, Any]:
+        """What ``mmugather mutants --json`` says of it, with the arches of
+        ``specs`` it applies to."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "rule": self.rule,
+            "breaks": self.breaks,
+            "where": self.where,
+            "arches": [s.name for s in specs if self.applies(s)],
+            "fixed_by": self.fixed_by or None,
+            "overrides": self.overrides(),
+        }
 
     def steps(self) -> list[tuple[str, str]]:
         """(part, method) of each caller step it overrides."""
