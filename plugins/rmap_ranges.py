@@ -87,6 +87,14 @@ def _folio_model(tlb: MmuGather) -> FolioModel | None:
     return model if hasattr(model, "release_ranges") else None
 
 
+def _gathering_ranges(tlb: MmuGather) -> bool:
+    """Does this gather queue pfn ranges?  Not where rmaps are not batched,
+    nor where another plugin's page remover took the place of the queue
+    (one that frees each page at once): then the rmap pointer's own hooks
+    (which find nothing queued) apply."""
+    return tlb.batch_rmap and KEY in tlb.plugin_state
+
+
 @hookimpl(wrapper=True)
 def tlb_page_remover(tlb: MmuGather) -> Generator[None, PageRemover, PageRemover]:
     remover = yield
@@ -148,7 +156,7 @@ def _range_remover(tlb: MmuGather, st: RangeState) -> PageRemover:
 
 @hookimpl
 def tlb_flush_rmaps(tlb: MmuGather, vma: Vma) -> bool | None:
-    if not tlb.batch_rmap:
+    if not _gathering_ranges(tlb):
         return None
     st = _state(tlb)
     model = st.model
@@ -186,7 +194,7 @@ def tlb_flush_rmaps(tlb: MmuGather, vma: Vma) -> bool | None:
 
 @hookimpl
 def tlb_discard_rmaps(tlb: MmuGather) -> bool | None:
-    if not tlb.batch_rmap:
+    if not _gathering_ranges(tlb):
         return None
     if tlb.active is tlb.local and not tlb.local.nr:
         # After tlb_batch_pages_flush(), which resets range_limit first.
