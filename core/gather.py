@@ -155,9 +155,7 @@ class MmuGather:
         if self.finished:
             raise GatherError("tlb_finish_mmu() on a finished gather")
         if nested:
-            self.fullmm = True
-            self.__tlb_reset_range()
-            self.freed_tables = True
+            self.tlb_finish_nested()
         self.tlb_flush_mmu()
         self.tlb_batch_list_free()
         self.mm.tlb_flush_pending -= 1
@@ -165,6 +163,14 @@ class MmuGather:
         self.machine.stale_vma_flags = (self.vma_exec, self.vma_huge, self.vma_pfn)
         if self.emit is not None:
             self.emit("gather_end", nested=nested)
+
+    def tlb_finish_nested(self) -> None:
+        """tlb_finish_mmu() when mm_tlb_flush_nested(): the final flush
+        covers the whole mm and its paging-structure caches, whatever this
+        gather recorded."""
+        self.fullmm = True
+        self.__tlb_reset_range()
+        self.freed_tables = True
 
     # ------------------------------------------------------------------
     # The range to invalidate
@@ -532,7 +538,7 @@ class MmuGather:
 
 def tlb_gather_mmu(machine: Machine, mm: MmStruct) -> MmuGather:
     """Start a gather for tearing down part of ``mm`` (munmap, madvise...)."""
-    tlb = MmuGather(machine, mm, fullmm=False)
+    tlb: MmuGather = (machine.gather_class or MmuGather)(machine, mm, fullmm=False)
     tlb._gather_mmu()
     return tlb
 
@@ -540,6 +546,6 @@ def tlb_gather_mmu(machine: Machine, mm: MmStruct) -> MmuGather:
 def tlb_gather_mmu_fullmm(machine: Machine, mm: MmStruct) -> MmuGather:
     """Start a gather for tearing down all of ``mm`` (exit, execve): no user
     is left, so ranges and VMA boundaries no longer matter."""
-    tlb = MmuGather(machine, mm, fullmm=True)
+    tlb: MmuGather = (machine.gather_class or MmuGather)(machine, mm, fullmm=True)
     tlb._gather_mmu()
     return tlb

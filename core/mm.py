@@ -21,6 +21,7 @@ from mmugather.core.vma import Vma
 
 if TYPE_CHECKING:
     from mmugather.core.arch import ArchSpec
+    from mmugather.core.gather import MmuGather
 
 ALLOC_KINDS = ("page_batch", "table_batch")
 
@@ -90,6 +91,9 @@ class Machine:
     rows: PageRows | None = None
     #: the address-space model the gather keeps in step, if any
     model: MmModel | None = None
+    #: the class tlb_gather_mmu() makes (None: MmuGather); a mutant may put
+    #: a subclass that overrides one step here
+    gather_class: type[MmuGather] | None = None
     #: GFP_NOWAIT allocations still to fail, per kind
     alloc_failures: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(ALLOC_KINDS, 0))
     #: optional deterministic failure source, asked after alloc_failures

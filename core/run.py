@@ -15,15 +15,16 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 import attrs
-from mmugather.core import mutants as mutants_mod
 from mmugather.core import strategies
 from mmugather.core.arch import ArchSpec, make_machine
-from mmugather.core.callers import Teardown, run_ops
+from mmugather.core.callers import make_callers, run_ops
 from mmugather.core.check import Checker, Violation
 from mmugather.core.events import Processor, RowBus, make_stream
 from mmugather.core.hw.cpus import CpuConfig
 from mmugather.core.scenario import Scenario, build
 from mmugather.core.stats import RunStats
+
+from mmugather import mutants as mutants_mod
 
 
 @attrs.define
@@ -98,23 +99,22 @@ def run_arch(
     """Run ``scenario`` on one arch and return what happened.
 
     ``strategy`` names the rmap-removal strategy (``core/strategies.py``):
-    its engine plugins and its ``zap_pte_range()``; ``None`` is the one in
+    its engine plugins and its callers' classes; ``None`` is the one in
     force (``pointer`` unless ``strategies.selected()`` says otherwise).
 
     ``progress`` is called with the entries of each PTE table the callers
     have walked; ``progress_total``, once the address space is built, with
     the entries of all its PTE tables (a bar's end: a table the queue filled
-    is walked again, so the count can pass it).  ``cpus`` says who runs the mm (``make_machine()``'s default: two CPUs,
+    is walked again, so the count can pass it).
+    ``cpus`` says who runs the mm (``make_machine()``'s default: two CPUs,
     a thread of the process on each).
+    ``mutant`` names a mutant (:mod:`mmugather.mutants`): its plugin goes
+    after ``extra_plugins``, its caller classes in front of the strategy's.
     """
     strat = strategies.resolve(strategy)
     size = page_size or spec.page_sizes[0]
     m = mutants_mod.get(mutant) if mutant else None
-    if m is not None and m.caller and strat.caller != "seed":
-        raise ValueError(
-            f"mutant {m.name!r} changes the seed patch's zap_pte_range(); strategy "
-            f"{strat.name!r} has another caller"
-        )
+    classes = mutants_mod.caller_classes(m, strat)
     plugins = list(extra_plugins)
     if m is not None and m.plugin is not None:
         plugins.append(m.plugin)
@@ -142,23 +142,24 @@ def run_arch(
         spec, page_size=size, emit=emit, detail=emit if detail else None, extra_plugins=plugins,
         strategy=strat.name, rows=rows, cpus=cpus, hw_emit=emit,
     )
+    if m is not None and m.gather is not None:
+        machine.gather_class = m.gather
     aspace = build(scenario, machine.geometry)
     mapped = aspace.mapped_ptes()
     if progress_total is not None:
         progress_total(len(aspace.pte_tables) * machine.geometry.ptrs_per_pte)
-    teardown_class: type[Teardown] = strat.teardown_class()
-    teardown = teardown_class(
+    callers = make_callers(
         aspace,
         machine,
-        mutants=[m.caller] if m is not None and m.caller else [],
+        classes=classes,
         report=checker.report if checker is not None else None,
         rmap_observer=checker.rmap_vma if checker is not None else None,
+        progress=progress,
     )
-    teardown.progress = progress
-    machine.hw_config(teardown.mm)
+    machine.hw_config(callers.ctx.mm)
     t0 = time.perf_counter()
     with _quiet_collector():
-        run_ops(teardown, scenario.ops)
+        run_ops(callers, scenario.ops)
     seconds = time.perf_counter() - t0
     if isinstance(rows, RowBus):
         rows.flush()

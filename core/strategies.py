@@ -1,8 +1,9 @@
 """Rmap-removal strategies: the seed patch and its alternatives, by name.
 
 A strategy is a set of engine plugins that take the place of the seed
-patch's rmap pointer (``plugins/rmap_pointer.py``, the ``SMP`` feature) and
-a caller flavour (which ``zap_pte_range()``).  The plugins are registered
+patch's rmap pointer (``plugins/rmap_pointer.py``, the ``SMP`` feature),
+a caller flavour (which ``zap_pte_range()``) and an ``mm/rmap.c`` (the
+classes of :mod:`mmugather.core.callers` they name).  The plugins are registered
 over the arch's own (``make_machine(..., extra_plugins=strategy.plugins)``)
 and change only arches whose rmap removal is batched, CONFIG_SMP with
 gathering (``tlb.batch_rmap``): on ``up`` and ``s390`` every strategy is the
@@ -24,7 +25,7 @@ import attrs
 
 DEFAULT_STRATEGY = "pointer"
 
-#: caller flavours: which zap_pte_range() (see Strategy.teardown_class)
+#: caller flavours: which zap_pte_range() (mmugather.core.callers.MEMORY)
 CALLERS = ("seed", "legacy", "folio-batch")
 
 
@@ -36,31 +37,17 @@ class Strategy:
     kernel: str
     #: engine plugins registered over the arch's (replacing rmap_pointer)
     plugins: tuple[ModuleType, ...]
-    #: which zap_pte_range(): "seed" (core/callers.py), "legacy" or
-    #: "folio-batch" (core/strategy_callers.py)
+    #: which zap_pte_range(): "seed" (callers.memory.Memory), "legacy"
+    #: (callers.memory.LegacyMemory) or "folio-batch" (v6.9,
+    #: callers.memory_v6_9.FolioBatchMemory)
     caller: str
+    #: which mm/rmap.c: "v6.5" (callers.rmap.Rmap) or "series"
+    #: (callers.rmap.SeriesRmap)
+    rmap: str = "v6.5"
     #: why a replay cannot run under it; "" when it can
     no_replay: str = ""
     #: it changes only arches whose rmap removal is batched (SMP, gathering)
     batched_only: bool = True
-
-    def teardown_class(self) -> type:
-        """The Teardown (sub)class of this strategy's caller."""
-        if self.caller == "legacy":
-            from mmugather.core.strategy_callers import LegacyTeardown
-
-            return LegacyTeardown
-        if self.caller == "folio-batch":
-            from mmugather.core.strategy_callers import FolioBatchTeardown
-
-            return FolioBatchTeardown
-        if self.name == "ranges":
-            from mmugather.core.strategy_callers import RangesTeardown
-
-            return RangesTeardown
-        from mmugather.core.callers import Teardown
-
-        return Teardown
 
 
 def _strategies() -> dict[str, Strategy]:
@@ -98,6 +85,7 @@ def _strategies() -> dict[str, Strategy]:
                 "contig ranges\"",
                 (rmap_ranges,),
                 "seed",
+                rmap="series",
                 no_replay="a replay file records page ids, not folios: the ranges strategy "
                 "needs page_folio() and folio_nr_pages() to bound its runs",
             ),

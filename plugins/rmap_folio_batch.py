@@ -3,9 +3,10 @@ in v6.9 (David Hildenbrand, "mm/memory: optimize unmap/zap with PTE-mapped
 THP", v3, patches 8-10; on top of the v6.5 ``delayed_rmap`` mechanism, which
 upstream kept).
 
-* The caller (``FolioBatchTeardown``) batches the consecutive PTEs that map
-  consecutive pages of one large folio (``folio_pte_batch()``) and hands
-  them over at once: ``folio_remove_rmap_ptes(folio, page, nr)`` and
+* The caller (``FolioBatchMemory``, ``core/callers/memory_v6_9.py``)
+  batches the consecutive PTEs that map consecutive pages of one large
+  folio (``folio_pte_batch()``) and hands them over at once:
+  ``folio_remove_rmap_ptes(folio, page, nr)`` and
   ``__tlb_remove_folio_pages(tlb, page, nr, delay_rmap)``.
 * The gather keeps page pointers; a run of ``nr > 1`` pages takes two
   entries, the page with ``ENCODED_PAGE_BIT_NR_PAGES_NEXT`` and then

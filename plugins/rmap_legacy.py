@@ -18,7 +18,7 @@ Every other page's rmap the caller removes at once.
 
 Kernel: ``mm/mmu_gather.c`` (``tlb_next_batch``, ``tlb_flush_rmap_batch``,
 ``tlb_flush_rmaps``) and ``include/asm-generic/tlb.h`` (``tlb_delay_rmap``)
-of v6.5; the caller is ``LegacyTeardown`` in ``core/strategy_callers.py``.
+of v6.5; the caller is ``LegacyMemory`` in ``core/callers/memory.py``.
 
 Registered over the arch's plugins (``make_machine(extra_plugins=...)``), it
 changes only gathering CONFIG_SMP arches: where ``tlb.batch_rmap`` is false

@@ -20,8 +20,9 @@ contiguous pages of one folio, instead of page pointers:
   ``free_folios_and_swap_cache()``: ``free_swap_cache()`` once per range,
   then ``folios_put_refs()``, one reference per page, dropped at once.
 
-The caller is the seed patch's ``zap_pte_range()``, unchanged.  Folio
-boundaries come from the address-space model (``Teardown.folio_end()``);
+The caller is the seed patch's ``zap_pte_range()``, unchanged, over the
+series' ``mm/rmap.c`` (``SeriesRmap``).  Folio boundaries come from the
+address-space model (``GatherModel.folio_end()``, ``core/callers/model.py``);
 without one every page is a folio of its own.
 
 Registered over the arch's plugins it changes only gathering CONFIG_SMP
@@ -51,7 +52,7 @@ KEY = "ranges"
 
 
 class FolioModel(Protocol):
-    """What the strategy needs from an address-space model (``Teardown``)."""
+    """What the strategy needs from an address-space model (``GatherModel``)."""
 
     def folio_head(self, pfn: int) -> int: ...
 
@@ -84,6 +85,14 @@ def _state(tlb: MmuGather) -> RangeState:
 def _folio_model(tlb: MmuGather) -> FolioModel | None:
     model: Any = tlb.model
     return model if hasattr(model, "release_ranges") else None
+
+
+def _gathering_ranges(tlb: MmuGather) -> bool:
+    """Does this gather queue pfn ranges?  Not where rmaps are not batched,
+    nor where another plugin's page remover took the place of the queue
+    (one that frees each page at once): then the rmap pointer's own hooks
+    (which find nothing queued) apply."""
+    return tlb.batch_rmap and KEY in tlb.plugin_state
 
 
 @hookimpl(wrapper=True)
@@ -147,7 +156,7 @@ def _range_remover(tlb: MmuGather, st: RangeState) -> PageRemover:
 
 @hookimpl
 def tlb_flush_rmaps(tlb: MmuGather, vma: Vma) -> bool | None:
-    if not tlb.batch_rmap:
+    if not _gathering_ranges(tlb):
         return None
     st = _state(tlb)
     model = st.model
@@ -185,7 +194,7 @@ def tlb_flush_rmaps(tlb: MmuGather, vma: Vma) -> bool | None:
 
 @hookimpl
 def tlb_discard_rmaps(tlb: MmuGather) -> bool | None:
-    if not tlb.batch_rmap:
+    if not _gathering_ranges(tlb):
         return None
     if tlb.active is tlb.local and not tlb.local.nr:
         # After tlb_batch_pages_flush(), which resets range_limit first.

@@ -13,6 +13,8 @@ from mmugather.core.mm import Machine
 
 #: The five arch configurations of the replay contract.
 ARCHES = ("generic-smp", "up", "s390", "page-size", "rcu-table-free")
+#: Every built-in arch: the contract's five and the real ones.
+BUILTIN_ARCHES = (*ARCHES, "x86-64", "arm64", "arm64-tlbirange", "powerpc-radix")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,6 +1,7 @@
 """Helpers for the caller, checker and scenario tests: a small address space
-torn down through :class:`~mmugather.core.callers.Teardown` with its events
-collected, and a recorder of the engine calls the callers make.
+torn down through the callers (:func:`~mmugather.core.callers.make_callers`)
+with its events collected, and a recorder of the engine calls the callers
+make.
 
 Not a conftest: the helpers are imported by name where they are used.
 """
@@ -14,7 +15,7 @@ import attrs
 from mmugather.core import scenario
 from mmugather.core.arch import ArchSpec, make_machine, registry
 from mmugather.core.aspace import AddressSpace, MmVma
-from mmugather.core.callers import Teardown
+from mmugather.core.callers import Callers, make_callers
 from mmugather.core.check import Checker
 from mmugather.core.events import Collector, make_emit
 from mmugather.core.gather import MmuGather
@@ -47,12 +48,12 @@ def parse(vmas: Sequence[dict[str, Any]], ops: Sequence[dict[str, Any]] | None =
 
 @attrs.define
 class Rig:
-    """One arch, one address space, its teardown, and what watched it."""
+    """One arch, one address space, its callers, and what watched it."""
 
     arch: str
     machine: Machine
     aspace: AddressSpace
-    teardown: Teardown
+    callers: Callers
     collector: Collector
     checker: Checker | None
 
@@ -84,7 +85,7 @@ def rig(
     check: bool = False,
     detail: bool = False,
     extra_plugins: Sequence[Any] = (),
-    mutants: Sequence[str] = (),
+    classes: dict[str, type] | None = None,
 ) -> Rig:
     """Build ``vmas`` (scenario VMA tables, or a parsed scenario) for ``arch``,
     with a collector (and optionally the checker) on the event stream."""
@@ -99,14 +100,14 @@ def rig(
     machine = make_machine(arch_spec, emit=emit, detail=emit if detail else None,
                            extra_plugins=extra_plugins)
     aspace = scenario.build(sc, machine.geometry)
-    teardown = Teardown(
+    callers = make_callers(
         aspace,
         machine,
-        mutants=mutants,
+        classes=classes,
         report=checker.report if checker is not None else None,
         rmap_observer=checker.rmap_vma if checker is not None else None,
     )
-    return Rig(arch, machine, aspace, teardown, collector, checker)
+    return Rig(arch, machine, aspace, callers, collector, checker)
 
 
 # ----------------------------------------------------------------------
@@ -192,7 +193,8 @@ _RECORD: dict[str, Callable[..., list[dict[str, Any]]]] = {
 def record_engine_calls(monkeypatch: Any, page_size: int = PS) -> list[dict[str, Any]]:
     """Make every gather the callers start a :class:`RecordingGather`; returns
     the log the calls go to, as replay-v1 ops."""
-    from mmugather.core import callers, gather
+    from mmugather.core import gather
+    from mmugather.core.callers import memory, mmap
 
     log: list[dict[str, Any]] = []
 
@@ -204,6 +206,9 @@ def record_engine_calls(monkeypatch: Any, page_size: int = PS) -> list[dict[str,
         log.append({"op": "tlb_gather_mmu", "fullmm": True})
         return RecordingGather(gather.tlb_gather_mmu_fullmm(machine, mm), log, page_size)
 
-    monkeypatch.setattr(callers, "tlb_gather_mmu", partial)
-    monkeypatch.setattr(callers, "tlb_gather_mmu_fullmm", full)
+    # exit_mmap() and unmap_region() start theirs in mm/mmap.c,
+    # zap_page_range_single() in mm/memory.c.
+    monkeypatch.setattr(mmap, "tlb_gather_mmu", partial)
+    monkeypatch.setattr(mmap, "tlb_gather_mmu_fullmm", full)
+    monkeypatch.setattr(memory, "tlb_gather_mmu", partial)
     return log

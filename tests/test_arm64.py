@@ -15,9 +15,10 @@ from mmugather.core.events import Collector, make_emit
 from mmugather.core.gather import MmuGather, tlb_gather_mmu, tlb_gather_mmu_fullmm
 from mmugather.core.hw import CpuConfig, HwSemantics, Invalidate
 from mmugather.core.mm import MmStruct
-from mmugather.core.mutants import MUTANTS
 from mmugather.core.run import run_arch
 from mmugather.core.vma import Vma
+
+from mmugather.mutants import MUTANTS
 
 PS = 4096
 A = 0x40000000  # 1 GiB aligned

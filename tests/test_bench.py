@@ -10,8 +10,8 @@ import io
 from pathlib import Path
 
 import pytest
-from mmugather.arches import BUILTIN
 from conftest import ARCHES
+from mmugather.arches import BUILTIN
 from mmugather.core.arch import make_machine
 from mmugather.core.events import make_emit
 from mmugather.core.replay import C_FINISH, C_FLUSH, C_GATHER, C_QUEUE, Compiled, parse

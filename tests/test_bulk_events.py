@@ -25,12 +25,13 @@ from mmugather.core.events import (
     make_emit,
     make_stream,
 )
-from mmugather.core.mutants import MUTANTS
 from mmugather.core.run import ArchRun, run_arch
 from mmugather.core.scenario import Scenario, ScenarioError, load_builtin
 from mmugather.core.stats import RunStats
 from teardown_kit import ARCHES
 from test_callers_property import scenarios
+
+from mmugather.mutants import MUTANTS
 
 #: built-in scenarios small enough to run in every combination
 SMALL = ("default", "dirty-shared", "mthp-64k", "order0-anon", "thp-pte")

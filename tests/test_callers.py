@@ -1,4 +1,4 @@
-"""The callers of the gather (``core/callers.py``): exact event sequences of
+"""The callers of the gather (``core/callers/``): exact event sequences of
 zap_pte_range(), zap_huge_pmd(), __unmap_hugepage_range(), free_pgtables()
 and the system calls, checked against v6.5 ``mm/memory.c``,
 ``mm/huge_memory.c``, ``mm/hugetlb.c``, ``mm/mmap.c`` and ``mm/rmap.c`` with
@@ -34,7 +34,7 @@ VMA = 0x400000
 def start_gather(r: Rig, vma_start: int) -> MmuGather:
     """tlb_gather_mmu() + tlb_start_vma() as unmap_page_range() does; the
     events so far are dropped."""
-    tlb = tlb_gather_mmu(r.machine, r.teardown.mm)
+    tlb = tlb_gather_mmu(r.machine, r.callers.ctx.mm)
     tlb.tlb_start_vma(r.vma(vma_start).gvma)
     r.clear()
     return tlb
@@ -42,7 +42,7 @@ def start_gather(r: Rig, vma_start: int) -> MmuGather:
 
 def zap_table(r: Rig, tlb: MmuGather, vma_start: int, start: int, end: int) -> int:
     """zap_pte_range() over [start, end) of one PTE table."""
-    return r.teardown.zap_pte_range(tlb, r.vma(vma_start), r.pmd_index(start), start, end,
+    return r.callers.memory.zap_pte_range(tlb, r.vma(vma_start), r.pmd_index(start), start, end,
                                     UNMAP_DETAILS)
 
 
@@ -288,7 +288,7 @@ def test_full_queue_flushes_and_the_walk_resumes_at_the_next_address(arch: str) 
     table = table_at(r, full_addr)
     batched = arch in BATCHING
 
-    r.teardown.munmap(start, start + n * PS)
+    r.callers.mmap.munmap(start, start + n * PS)
 
     assert [i for i, (_p, full) in enumerate(returns) if full] == [capacity - 1]
     assert returns[capacity - 1][0] == full_page
@@ -347,7 +347,7 @@ def test_swap_entries_are_freed_in_place_and_never_gathered(arch: str) -> None:
     slots = sorted(r.aspace.swap_map)
     assert len(slots) == 3
     present = pfn_at(r, VMA)
-    r.teardown.munmap(VMA, VMA + MIB)
+    r.callers.mmap.munmap(VMA, VMA + MIB)
     frees = [e for e in r.events if e["event"] == "swap_free"]
     assert frees == [ev("swap_free", addr=VMA + (1 + k) * PS, entry=slot)
                      for k, slot in enumerate(slots)]
@@ -426,7 +426,7 @@ def test_pmd_mapped_thp_is_one_compound_rmap_and_one_queue_entry(
     assert heads == [PFN_BASE + k * geo.ptrs_per_pte for k in range(len(addrs))]
     deposited = {r.aspace.deposited[a >> geo.pmd_shift] for a in addrs}
     pmd_table = r.aspace.pmd_tables[0]
-    r.teardown.munmap(2 * MIB, 4 * MIB)
+    r.callers.mmap.munmap(2 * MIB, 4 * MIB)
 
     start = log.index({"op": "tlb_start_vma", "start": 2 * MIB, "end": 4 * MIB, "flags": []})
     expected: list[dict[str, Any]] = []
@@ -482,7 +482,7 @@ def test_munmap_of_half_a_thp_splits_it_and_defers_the_split_of_the_folio(arch: 
     half = geo.pmd_size // 2
     nr = geo.ptrs_per_pte
     deposited = r.aspace.deposited[r.pmd_index(2 * MIB)]
-    r.teardown.munmap(2 * MIB, 2 * MIB + half)
+    r.callers.mmap.munmap(2 * MIB, 2 * MIB + half)
 
     # The split PMD now points to the deposited table, which the zap locks.
     evs = r.events
@@ -508,7 +508,7 @@ def test_munmap_of_half_a_thp_splits_it_and_defers_the_split_of_the_folio(arch: 
     assert r.pmd_index(2 * MIB) not in r.aspace.huge_pmds
 
     r.clear()
-    r.teardown.exit_mmap()
+    r.callers.mmap.exit_mmap()
     r.machine.rcu_grace_period()
     assert "deferred_split" not in r.names()
     assert store.refcount[0] == 0 and store.flags[0] & F_FREED
@@ -529,7 +529,7 @@ def test_splitting_a_file_thp_unmaps_the_whole_pmd(kind: str) -> None:
                                            "pmd_mapped": True}]}], check=True)
     store = r.aspace.pages
     assert (store.refcount[0], store.entire_mapcount[0]) == (2, 1)
-    r.teardown.munmap(2 * MIB, 3 * MIB)
+    r.callers.mmap.munmap(2 * MIB, 3 * MIB)
     assert [(v.start, v.end) for v in r.aspace.vmas] == [(3 * MIB, 4 * MIB)]
     assert all(r.aspace.get_pte(a) == 0 for a in range(2 * MIB, 4 * MIB, PS))
     assert store.entire_mapcount[0] == 0
@@ -561,7 +561,7 @@ def test_hugetlb_pages_are_huge_entries_and_huge_queue_entries(
     addrs = list(range(0x40400000, 0x40800000, sz))
     heads = [r.aspace.huge_pmds[a >> geo.pmd_shift] >> 8 for a in addrs]
     lock = r.aspace.pmd_tables[0x40000000 >> geo.pud_shift]
-    r.teardown.munmap(0x40000000, 0x40800000)
+    r.callers.mmap.munmap(0x40000000, 0x40800000)
 
     vma = {"start": 0x40000000, "end": 0x40800000, "flags": ["hugetlb"]}
     expected_ops: list[dict[str, Any]] = [
@@ -612,7 +612,7 @@ def test_munmap_inside_a_huge_page_is_refused() -> None:
     r = rig("generic-smp", [{"start": 0x40000000, "end": 0x40400000, "kind": "hugetlb",
                              "populate": [{"pages": 1024}]}], check=True)
     before = dict(r.aspace.huge_pmds)
-    r.teardown.munmap(0x40001000, 0x40002000)
+    r.callers.mmap.munmap(0x40001000, 0x40002000)
     assert r.events == []
     assert [(v.start, v.end) for v in r.aspace.vmas] == [(0x40000000, 0x40400000)]
     assert r.aspace.huge_pmds == before
@@ -641,7 +641,7 @@ def test_munmap_keeps_the_tables_its_neighbours_use(arch: str) -> None:
     kept = {r.aspace.pte_tables[r.pmd_index(x)].id for x in (a, c)}
     gone = {r.aspace.pte_tables[r.pmd_index(x)].id for x in (0x400000, 0x600000)}
     uppers = {r.aspace.pmd_tables[0], r.aspace.pud_tables[0], r.aspace.p4d_tables[0]}
-    r.teardown.munmap(b, c)
+    r.callers.mmap.munmap(b, c)
     r.machine.rcu_grace_period()
     unhooks = [e for e in r.events if e["event"] == "table_unhook"]
     assert [(e["level"], e["addr"]) for e in unhooks] == [("pte", 0x400000), ("pte", 0x600000)]
@@ -652,7 +652,7 @@ def test_munmap_keeps_the_tables_its_neighbours_use(arch: str) -> None:
     assert r.aspace.get_pte(b) == 0 and r.aspace.get_pte(a) != 0
 
     r.clear()
-    r.teardown.exit_mmap()
+    r.callers.mmap.exit_mmap()
     r.machine.rcu_grace_period()
     # exit_mmap(): free_pgtables(0, 0) per group of nearby VMAs; a and c are
     # more than PMD_SIZE apart, so two calls: ceiling c for the first.
@@ -682,7 +682,7 @@ def test_exit_frees_every_level_as_the_kernel_did(
             vmas[-1]["populate"].append({"offset": op["addr"] - vmas[-1]["start"], "pages": 1})
     log = record_engine_calls(monkeypatch)
     r = rig(arch, vmas, check=True)
-    run_ops(r.teardown, [{"kind": "exit"}])
+    run_ops(r.callers, [{"kind": "exit"}])
     log.append({"op": "rcu_grace_period"})
     assert _canonical(log) == _canonical(kernel)
     frees = [o for o in log if o["op"].endswith("_free_tlb")]
@@ -739,7 +739,7 @@ def test_default_scenario_leaves_nothing_behind(arch: str) -> None:
     r = rig(arch, sc, check=True)
     owned, cache = owned_folios(r.aspace)
     assert owned and cache
-    run_ops(r.teardown, sc.ops)
+    run_ops(r.callers, sc.ops)
     r.checker.finish()  # type: ignore[union-attr]
     store = r.aspace.pages
     assert all(store.flags[h] & F_FREED and store.refcount[h] == 0 for h in owned)
@@ -774,7 +774,7 @@ def test_replaying_the_callers_engine_calls_gives_the_same_effects(
     log = record_engine_calls(monkeypatch)
     sc = scenario.load_builtin("default")
     r = rig(arch, sc)
-    run_ops(r.teardown, sc.ops)
+    run_ops(r.callers, sc.ops)
     monkeypatch.undo()
     log.append({"op": "rcu_grace_period"})
     live = r.collector.contract()

@@ -149,7 +149,7 @@ def test_random_teardown_leaves_nothing_behind(arch: str, sc: scenario.Scenario)
     cache |= {h for h in heads if store.flags[h] & F_HUGETLB}
     owned = {h for h in heads if h not in cache and store.refcount[h] > 0}
 
-    run_ops(r.teardown, sc.ops)
+    run_ops(r.callers, sc.ops)
     assert r.checker is not None
     r.checker.finish()
 

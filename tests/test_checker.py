@@ -1,5 +1,5 @@
 """The invariant checker (``core/check.py``) and the mutants
-(``core/mutants.py``): the kernel's orderings pass, every broken one is
+(``mmugather.mutants``): the kernel's orderings pass, every broken one is
 caught by its rule, and misuse of the rmap API that the seed's own code
 silently tolerates is reported.
 """
@@ -25,12 +25,12 @@ from mmugather.core.events import (
 )
 from mmugather.core.gather import MmuGather, tlb_gather_mmu
 from mmugather.core.mm import Machine, MmStruct
-from mmugather.core.mutants import MUTANTS
 from mmugather.core.run import run_arch
 from mmugather.core.vma import Vma
 from teardown_kit import ARCHES, BATCHING, MIB, PS, spec
 
 from mmugather import cli
+from mmugather.mutants import MUTANTS
 
 DATA = Path(__file__).parent / "data" / "replay"
 FLOWS = sorted(DATA.glob("*/flow_*.ops.jsonl"))
@@ -404,7 +404,7 @@ def test_flush_rmaps_over_a_thp_whose_rmap_is_gone_is_rmap_not_pending(arch: str
 
 class _VmaReporter:
     """The least of an address-space model: tells the checker which VMA
-    tlb_flush_rmaps() was given for each page (as Teardown does)."""
+    tlb_flush_rmaps() was given for each page (as the callers do)."""
 
     def __init__(self, checker: Checker) -> None:
         self.checker = checker

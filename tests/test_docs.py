@@ -343,3 +343,102 @@ def test_api_documents_every_gather_method() -> None:
     assert not public - documented, f"docs/api.md misses methods: {sorted(public - documented)}"
     stale = sorted(documented - public - {"_gather_mmu"})
     assert not stale, f"docs/api.md documents methods that no longer exist: {stale}"
+
+
+# ---------------------------------------------------------------------------
+# concepts.md: where each kernel function lives
+# ---------------------------------------------------------------------------
+
+
+def concepts_table(heading: str) -> list[list[str]]:
+    """The rows of the first table after ``heading`` in docs/concepts.md, as
+    lists of cells with their backquotes."""
+    text = (DOCS / "concepts.md").read_text()
+    start = text.index(f"\n{heading}\n")
+    rows = []
+    in_table = False
+    for line in text[start:].splitlines()[1:]:
+        if line.startswith("|"):
+            in_table = True
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not set(cells[0]) <= set("- ") and cells[0] not in ("kernel file", "step"):
+                rows.append(cells)
+        elif in_table:
+            break
+    return rows
+
+
+def _resolve(module_name: str, dotted: str) -> Any:
+    import importlib
+
+    obj: Any = importlib.import_module(module_name)
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _unquote(cell: str) -> str:
+    m = re.fullmatch(r"`([^`]+)`", cell)
+    assert m, f"docs/concepts.md: {cell!r} is not one backquoted name"
+    return m.group(1)
+
+
+MAP = concepts_table("## Where each kernel function lives")
+STEPS = concepts_table("### Steps")
+
+
+def test_concepts_map_is_there() -> None:
+    assert len(MAP) > 60 and len(STEPS) > 10
+    files = {_unquote(row[0]) for row in MAP}
+    assert {"mm/memory.c", "mm/mmap.c", "mm/huge_memory.c", "mm/hugetlb.c", "mm/madvise.c",
+            "mm/rmap.c", "mm/swap.c", "mm/mmu_gather.c"} <= files
+
+
+@pytest.mark.parametrize("row", MAP, ids=lambda row: f"{row[2]}:{row[3]}".replace("`", ""))
+def test_concepts_map_names_what_exists(row: list[str]) -> None:
+    """Each function the map names exists where it says, and a callers
+    module's docstring names the kernel file the map gives it."""
+    kernel_file, functions, module_cell, model_cell = row
+    assert re.search(r"`[a-z_0-9?]+\(\)`", functions), f"no kernel function in {functions!r}"
+    module_name, model = _unquote(module_cell), _unquote(model_cell)
+    obj = _resolve(module_name, model)
+    assert callable(obj), f"{module_name}.{model} is not a function or method"
+    module = sys.modules[module_name]
+    if module_name.startswith("mmugather.core.callers."):
+        assert _unquote(kernel_file) in (module.__doc__ or ""), (
+            f"{module_name}'s docstring does not name {kernel_file}"
+        )
+
+
+@pytest.mark.parametrize("row", STEPS, ids=lambda row: row[0].replace("`", ""))
+def test_concepts_steps_exist(row: list[str]) -> None:
+    from mmugather.core import gather
+    from mmugather.core.callers import memory_v6_9  # noqa: F401
+
+    cls_name, method = _unquote(row[0]).split(".")
+    classes = {c.__name__: c for c in _caller_classes()} | {"MmuGather": gather.MmuGather}
+    assert callable(getattr(classes[cls_name], method))
+
+
+def _caller_classes() -> list[type]:
+    from mmugather.core import callers
+    from mmugather.core.callers.model import GatherModel
+    from mmugather.core.callers.rmap import SeriesRmap
+
+    return [*callers.PARTS.values(), *callers.MEMORY.values(), SeriesRmap, GatherModel]
+
+
+def test_every_caller_method_is_mapped() -> None:
+    """Every public method of the callers' classes is in the map (a kernel
+    function) or in the steps table."""
+    named = {_unquote(row[3]) for row in MAP if row[2].startswith("`mmugather.core.callers")}
+    named |= {_unquote(row[0]) for row in STEPS}
+    missing = []
+    for cls in _caller_classes():
+        for name in vars(cls):
+            if name.startswith("_") or not callable(getattr(cls, name)):
+                continue
+            # A step a subclass overrides is mapped on the class that has it first.
+            if not any(f"{base.__name__}.{name}" in named for base in cls.__mro__):
+                missing.append(f"{cls.__module__}.{cls.__name__}.{name}")
+    assert not missing, f"docs/concepts.md does not map: {missing}"

@@ -17,7 +17,6 @@ import pytest
 from mmugather.arches import BUILTIN
 from mmugather.core import scenario
 from mmugather.core.check import RULES
-from mmugather.core.mutants import MUTANTS
 from mmugather.core.run import ArchRun
 from mmugather.core.stats import ROWS, RunStats
 from teardown_kit import spec
@@ -25,6 +24,7 @@ from teardown_kit import spec
 from mmugather import cli
 from mmugather.cli.run import format_table
 from mmugather.cli.table import format_bytes, format_cell, format_ratio
+from mmugather.mutants import MUTANTS
 
 KEYS = [k for k, _ in ROWS]
 #: A run with no --arch: every built-in arch, the contract's five and the real ones.
@@ -301,7 +301,7 @@ def test_reports_beyond_show_and_the_cap_are_counted(capsys: pytest.CaptureFixtu
     (run,) = json.loads(doc)["runs"]
     total, kept = sum(run["violations"].values()), len(run["reports"])
     assert total > kept == 50
-    assert f"\nup: {total:,} violations (free-before-flush: " in out
+    assert f"\nup: {total:,} violations (page-reachable: " in out
     assert out.count("\n[") == 1
     assert out.splitlines()[-1] == (
         "  … 49 more reports (reports are capped at 50; --show N, --json for all)")

@@ -16,10 +16,10 @@ from mmugather.core.events import Collector, make_emit
 from mmugather.core.gather import MmuGather, tlb_gather_mmu, tlb_gather_mmu_fullmm
 from mmugather.core.hw import CpuConfig, HwSemantics
 from mmugather.core.mm import MmStruct
-from mmugather.core.mutants import MUTANTS
 from mmugather.core.run import run_arch
 
 from mmugather import cli
+from mmugather.mutants import MUTANTS
 
 PS = 4096
 PMD = 1 << 21
@@ -260,8 +260,12 @@ def test_run_arch_passes_the_cpus_on() -> None:
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_every_mutant_is_caught_on_x86(name: str) -> None:
-    """x86-64 gathers and batches rmaps: every mutant applies and is caught."""
+    """x86-64 gathers and batches rmaps: every mutant not of another arch's
+    own steps applies and is caught."""
     mutant = MUTANTS[name]
+    if name.startswith("arm64-"):
+        assert not mutant.applies(spec())
+        return
     assert mutant.applies(spec())
     run = run_arch(scenario.load_builtin(mutant.scenario), spec(), mutant=name)
     assert run.violation_counts.get(mutant.rule, 0) > 0, run.violation_counts

@@ -280,14 +280,9 @@ def _run_with_strategy(
         try:
             strategy = strategies.get(args.strategy)
             if args.mutant:
-                from mmugather.core import mutants
+                from mmugather import mutants
 
-                m = mutants.get(args.mutant)
-                if m.caller and strategy.caller != "seed":
-                    raise ValueError(
-                        f"mutant {m.name!r} changes the seed patch's zap_pte_range(); "
-                        f"strategy {strategy.name!r} has another caller"
-                    )
+                mutants.check_strategy(mutants.get(args.mutant), strategy)
         except ValueError as exc:
             raise CliError(str(exc)) from None
         with strategies.selected(strategy.name):

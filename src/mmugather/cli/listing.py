@@ -42,11 +42,27 @@ def cmd_arches(args: argparse.Namespace) -> int:
 
 
 def cmd_mutants(args: argparse.Namespace) -> int:
+    from mmugather.core.arch import ArchError, registry
     from mmugather.core.check import RULES
-    from mmugather.core.mutants import MUTANTS
+    from mmugather.mutants import MUTANTS
 
-    for m in MUTANTS.values():
-        echo(f"{m.name}\n    {m.description}\n    caught by: {m.rule} ({RULES[m.rule]})")
+    try:
+        specs = list(registry())
+    except ArchError as exc:
+        raise CliError(str(exc)) from None
+    rows = [m.as_json(specs) for m in MUTANTS.values()]
+    if args.json:
+        import json
+
+        echo(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for r in rows:
+        echo(f"{r['name']}\n    {r['description']}\n"
+              f"    caught by: {r['rule']} ({RULES[r['rule']]})\n"
+              f"    breaks: {r['breaks']}\n"
+              f"    applies: {r['where']}: {', '.join(r['arches']) or 'no arch'}\n"
+              f"    fixed by: {r['fixed_by'] or 'no single commit'}\n"
+              f"    overrides: {r['overrides']}")
     return EXIT_OK
 
 
@@ -69,6 +85,7 @@ def add_listing_parsers(sub: Any) -> None:
         "each with the invariant rule that must catch it (docs/checker.md). Run one with "
         "'mmugather run --mutant NAME'.",
     )
+    mt.add_argument("--json", action="store_true", help="machine-readable output")
     mt.set_defaults(func=cmd_mutants)
 
     sc = sub.add_parser(

@@ -29,7 +29,8 @@ LEGEND = "rows: docs/scenarios.md, \"The table\"; --json for the exact counts"
 def cmd_run(args: argparse.Namespace) -> int:
     import json
 
-    from mmugather.core import mutants, strategies
+    from mmugather import mutants
+    from mmugather.core import strategies
     from mmugather.core.arch import ArchError, make_machine, registry
     from mmugather.core.run import run_arch
     from mmugather.core.scenario import ScenarioError, check_geometry, resolve

@@ -15,7 +15,9 @@ import attrs
 
 from mmugather.arches.arm64 import Arm64
 from mmugather.core.gather import MmuGather
+from mmugather.mutants._arm64 import applies as _applies
 from mmugather.mutants._arm64 import flush_with
+from mmugather.mutants.base import Mutant
 
 
 @attrs.frozen(slots=True)
@@ -25,3 +27,19 @@ class LastLevelAlways(Arm64):
 
 
 PLUGIN = flush_with(LastLevelAlways)
+
+
+MUTANT = Mutant(
+    name="arm64-last-level",
+    description="arm64's tlb_flush() takes last_level even after page tables were freed: "
+    "leaf-only TLBI VALE1IS, and no TLBI at all at exit, leave walk-cache entries to the "
+    "freed tables",
+    rule="table-reachable",
+    breaks="with freed_tables set, tlb_flush() must use TLBI VAE1IS (walk caches too), and "
+    "flush_tlb_mm() at exit",
+    applies=_applies,
+    fixed_by="7a30df49f63a (\"mm: mmu_gather: remove __tlb_reset_range() for force flush\"): "
+    "the hazard of a gather that loses freed_tables",
+    plugin=PLUGIN,
+    scenario="order0-anon",
+)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import attrs
 
 from mmugather.arches.arm64 import Arm64
+from mmugather.mutants._arm64 import applies as _applies
 from mmugather.mutants._arm64 import flush_with
+from mmugather.mutants.base import Mutant
 
 
 @attrs.frozen(slots=True)
@@ -25,3 +27,17 @@ class RoundDown(Arm64):
 
 
 PLUGIN = flush_with(RoundDown)
+
+
+MUTANT = Mutant(
+    name="arm64-range-round-down",
+    description="__flush_tlb_range() rounds the end down to the stride: the last freed table's "
+    "stride is not invalidated",
+    rule="table-reachable",
+    breaks="__flush_tlb_range() rounds start down and end up to the stride, so the "
+    "PAGE_SIZE range a freed table records is named",
+    applies=_applies,
+    fixed_by="67a902a (rounds the end up)",
+    plugin=PLUGIN,
+    scenario="order0-anon",
+)

@@ -14,7 +14,9 @@ import attrs
 
 from mmugather.arches.arm64 import Arm64
 from mmugather.core.gather import MmuGather
+from mmugather.mutants._arm64 import applies as _applies
 from mmugather.mutants._arm64 import flush_with
+from mmugather.mutants.base import Mutant
 
 
 @attrs.frozen(slots=True)
@@ -25,3 +27,17 @@ class TtlOneLevelUp(Arm64):
 
 
 PLUGIN = flush_with(TtlOneLevelUp)
+
+
+MUTANT = Mutant(
+    name="arm64-ttl-off",
+    description="arm64's TTL hint names the level above the entries cleared; with a wrong hint "
+    "the TLBI need invalidate nothing",
+    rule="page-reachable",
+    breaks="the TTL hint must name the level of the entries invalidated (Arm ARM, TLBI VAE1: "
+    "with a wrong TTL no entries are required to be invalidated)",
+    applies=_applies,
+    fixed_by="52218fcd61cb (\"arm64: tlb: fix the TTL value of tlb_get_level\")",
+    plugin=PLUGIN,
+    scenario="default",
+)

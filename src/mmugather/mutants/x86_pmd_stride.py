@@ -20,11 +20,13 @@ from mmugather.arches import x86_64
 from mmugather.core.arch import ArchSpec
 from mmugather.core.gather import MmuGather
 from mmugather.core.hookspecs import hookimpl
+from mmugather.mutants.base import Mutant
 
 NAME = "x86-pmd-stride"
 
 
 def applies(spec: ArchSpec) -> bool:
+    """x86-64 (any configuration whose flush is x86's)"""
     return x86_64 in spec.plugins
 
 
@@ -40,3 +42,21 @@ def tlb_flush(tlb: MmuGather) -> bool | None:
         start, end = tlb.start, tlb.end
     x86_64.flush_tlb_mm_range(tlb, start, end, shift, tlb.freed_tables)
     return True
+
+
+class _Plugin:
+    tlb_flush = staticmethod(tlb_flush)
+
+
+MUTANT = Mutant(
+    name=NAME,
+    description="x86-64 flushes a range holding PTEs with the PMD stride (PMD_SHIFT whenever a "
+    "PMD-level entry was cleared too): one INVLPG per 2 MiB misses the 4K entries in between",
+    rule="page-reachable",
+    breaks="tlb_get_unmap_shift() gives the smallest level cleared, the stride at which "
+    "flush_tlb_mm_range() issues INVLPG, so that every cleared entry is named",
+    applies=applies,
+    plugin=_Plugin(),
+    # Half of a heap munmapped: its PTE tables go too (cleared_pmds).
+    scenario="order0-anon",
+)
