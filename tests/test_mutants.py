@@ -200,7 +200,8 @@ def test_mutants_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["mutants"]) == 0
     out = capsys.readouterr().out
     assert "    applies: where rmap removal is batched (CONFIG_SMP with gathering): " \
-           "generic-smp, page-size, rcu-table-free, x86-64, arm64, arm64-tlbirange, powerpc-radix\n" in out
+           "generic-smp, page-size, rcu-table-free, x86-64, arm64, arm64-tlbirange, " \
+           "powerpc-radix\n" in out
     assert "    fixed by: 5df397dec7c4 (\"mm: delay page_remove_rmap() until after the TLB " \
            "has been flushed\", v6.2)\n" in out
     assert "    overrides: caller step: Memory.zap_pte_start()\n" in out
