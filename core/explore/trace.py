@@ -81,8 +81,9 @@ def _heading(eng: Engine, index: int) -> str:
 def timeline(eng: Engine, ce: Counterexample) -> str:
     """The counterexample as a table: one column per actor, one row per event,
     each step numbered."""
-    used = [a.index for a in eng.actors]
-    col = {a.name: i for i, a in enumerate(eng.actors)}
+    moved = {step.actor for step in ce.steps}
+    used = [a.index for a in eng.actors if a.name in moved]
+    col = {eng.actors[index].name: i for i, index in enumerate(used)}
     heads = [_heading(eng, i) for i in used]
     sep = " | "
     lines = ["step" + sep + sep.join(f"{h:<{COLUMN}}" for h in heads).rstrip(),
