@@ -121,6 +121,8 @@ class UserThread(Actor):
         super().__init__(index, spec, spec.name, spec.cpu)
         self.accesses = spec.accesses
         self.warm = spec.warm
+        #: what _fault_locks() found, by what it depends on
+        self._locks_seen: dict[Any, list[Any]] = {}
 
     def init(self, eng: Engine, s: State) -> None:
         s.set_local(self.index, 0)
@@ -144,11 +146,19 @@ class UserThread(Actor):
         file page is a write fault (the PTE is write-protected until the
         folio is marked dirty), which locks the folio (->page_mkwrite) and
         the PTE table.  Anything else goes through without a lock."""
-        op, va = self.accesses[st.local[self.index]]
+        pc = st.local[self.index]
+        op, va = self.accesses[pc]
         if op != "store":
             return []
         cpu = self.cpu
         assert cpu is not None
+        key = (pc, st.tlb[cpu], st.walk[cpu], st.mem, st.freed, st.reused)
+        locks = self._locks_seen.get(key)
+        if locks is None:
+            locks = self._locks_seen[key] = self._fault_locks_of(eng, st, va, cpu)
+        return locks
+
+    def _fault_locks_of(self, eng: Engine, st: State, va: int, cpu: int) -> list[Any]:
         entry = lookup(st.tlb[cpu], va)
         if entry is not None and entry[4]:
             return []

@@ -123,6 +123,7 @@ class Engine:
                 self.actors.append(ACTOR_CLASSES[spec.kind](index, spec))
         self.actors.append(RcuActor(len(self.actors), None, "rcu", None))
         self.zap_actors = [a for a in self.actors if isinstance(a, ZapActor)]
+        self._enabled = [(a.index, a.enabled) for a in self.actors]
         self.watchers = [a for a in self.actors if type(a).watch is not Actor.watch]
         self.by_name = {a.name: a for a in self.actors}
         #: statistics
@@ -159,9 +160,11 @@ class Engine:
         s.violation = None
         s.checker = None
         s._key = None
+        s._hash = None
         for actor in self.actors:
             actor.init(self, s)
         s._key = None
+        s._hash = None
         return s
 
     def walk(self, st: State, cpu: int, va: int) -> Walk:
@@ -182,7 +185,7 @@ class Engine:
         return w
 
     def enabled(self, st: State) -> list[int]:
-        return [a.index for a in self.actors if a.enabled(self, st)]
+        return [i for i, enabled in self._enabled if enabled(self, st)]
 
     def step(self, st: State, index: int) -> Result:
         """Actor ``index`` takes one step from ``st``."""
@@ -332,7 +335,7 @@ class Engine:
         fp = Fp(frozenset(reads), frozenset(writes), all_d=all_d)
         out = Outcome(r.events, world.mem, child, effects, r.queued, violation, fp)
         if r.reads is not None and self.memo_on:
-            rule = rule_for(st.mem, out, r.reads)
+            rule = rule_for(st.mem, out, r.reads, changed)
             if rule is not None:
                 self.rules.setdefault((node, struct_key(st.mem)), []).append(rule)
         return out

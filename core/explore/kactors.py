@@ -70,6 +70,7 @@ class Writeback(Actor):
     def __init__(self, index: int, spec: ActorSpec) -> None:
         super().__init__(index, spec, spec.name, spec.cpu)
         self.addr = spec.addr
+        self._evict_seen: dict[Mem, bool] = {}
 
     def init(self, eng: Engine, s: State) -> None:
         pte = s.mem.pte(eng.geo, self.addr)
@@ -91,12 +92,18 @@ class Writeback(Actor):
         if pc == WB_LOCK:
             return st.lock_owner(table) is None
         if pc == WB_EVICT:
-            mem = st.mem
-            head = folio_head(mem, page)
-            return not (folio_mapped(mem, head) or mem.page_view(FLAGS)[head] & (F_DIRTY | F_FREED)
-                        or mem.page_view(REFCOUNT)[head] != 1
-                        or st.lock_owner(("folio", page)) is not None)
+            return self._evictable(st.mem, page) and st.lock_owner(("folio", page)) is None
         return bool(pc != WB_DONE)
+
+    def _evictable(self, mem: Mem, page: int) -> bool:
+        """Unmapped, clean, not freed, held by the page cache alone."""
+        ok = self._evict_seen.get(mem)
+        if ok is None:
+            head = folio_head(mem, page)
+            ok = self._evict_seen[mem] = not (
+                folio_mapped(mem, head) or mem.page_view(FLAGS)[head] & (F_DIRTY | F_FREED)
+                or mem.page_view(REFCOUNT)[head] != 1)
+        return ok
 
     def step(self, eng: Engine, st: State) -> Result:
         pc, page, table = st.local[self.index]
@@ -311,6 +318,7 @@ class Allocator(Actor):
         super().__init__(index, spec, spec.name, spec.cpu)
         self.reuse = spec.reuse
         self.count = spec.count
+        self._seen: dict[Any, tuple[str, int] | None] = {}
 
     def init(self, eng: Engine, s: State) -> None:
         s.set_local(self.index, self.count)
@@ -318,6 +326,13 @@ class Allocator(Actor):
     def _candidate(self, st: State) -> tuple[str, int] | None:
         """What it hands out next: the lowest freed page table, then the
         lowest freed page (as ``reuse`` allows)."""
+        key = (st.freed, st.reused, st.mem)
+        if key in self._seen:
+            return self._seen[key]
+        found = self._seen[key] = self._find(st)
+        return found
+
+    def _find(self, st: State) -> tuple[str, int] | None:
         if self.reuse in ("table", "any"):
             tables = sorted(st.freed - st.reused)
             if tables:

@@ -119,7 +119,7 @@ def exhaustive(eng: Engine, depth: int, *, start: State | None = None,
     reached by ``prefix``), until a property fails."""
     t0 = time.perf_counter()
     counts = Counts()
-    visited: dict[Any, tuple[int, frozenset[int]]] = {}
+    visited: dict[State, tuple[int, frozenset[int]]] = {}
     stack: list[_Frame] = []
     base = len(prefix)
     found: list[Counterexample] = []
@@ -142,7 +142,7 @@ def exhaustive(eng: Engine, depth: int, *, start: State | None = None,
             found.append(_counterexample(eng, path_to(index, events), st.violation))
             return
         remaining = depth - d
-        key = st.key
+        key = st
         prev = visited.get(key)
         asleep = frozenset(sleep)
         explore: frozenset[int] | None = None  # None: everything awake
@@ -176,6 +176,7 @@ def exhaustive(eng: Engine, depth: int, *, start: State | None = None,
     start_state = start if start is not None else eng.initial
     enter(start_state, base, {}, -1, [])
     tick = 0
+    step = eng.step
     while stack and not found:
         fr = stack[-1]
         if fr.pos >= len(fr.cands):
@@ -183,18 +184,22 @@ def exhaustive(eng: Engine, depth: int, *, start: State | None = None,
             continue
         a = fr.cands[fr.pos]
         fr.pos += 1
-        s2, events, fp = eng.step(fr.state, a)
+        s2, events, fp = step(fr.state, a)
         counts.transitions += 1
         if s2.checker is not None and not checked:
             checked.append(_counterexample(eng, path_to(a, events), s2.checker))
+        child: dict[int, Fp] = {}
         if sleep_sets:
-            child = {b: f for b, f in fr.sleep.items() if not f.conflicts(fp)}
+            # Asleep in the child: what was asleep here, and the siblings
+            # already explored, unless this step depends on them.
+            conflicts = fp.conflicts
+            for b, f in fr.sleep.items():
+                if not conflicts(f):
+                    child[b] = f
             for b, f in fr.done.items():
-                if not f.conflicts(fp):
+                if not conflicts(f):
                     child[b] = f
             fr.done[a] = fp
-        else:
-            child = {}
         enter(s2, fr.depth + 1, child, a, events)
         tick += 1
         if progress is not None and tick >= 2048:
@@ -215,8 +220,8 @@ def random_walks(eng: Engine, depth: int, seed: int, runs: range, *,
         rng = random.Random(f"mmugather-explore:{seed}:{i}")
         st = eng.initial
         path: list[PathStep] = []
-        if st.key not in seen:
-            seen.add(st.key)
+        if st not in seen:
+            seen.add(st)
         violation: Violation | None = None
         checked: tuple[list[PathStep], Violation] | None = None
         for d in range(depth + 1):
@@ -237,8 +242,8 @@ def random_walks(eng: Engine, depth: int, seed: int, runs: range, *,
             path.append((a, events))
             if st.checker is not None and checked is None:
                 checked = (list(path), st.checker)
-            if st.key not in seen:
-                seen.add(st.key)
+            if st not in seen:
+                seen.add(st)
             if len(path) > counts.depth:
                 counts.depth = len(path)
         if progress is not None and i % 64 == 0:

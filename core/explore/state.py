@@ -37,8 +37,9 @@ class State:
     """One state.  Build a successor with :meth:`copy`, change its fields,
     then read :attr:`key` (computed on first use)."""
 
-    __slots__ = ("_key", "checker", "disk", "freed", "irq", "local", "locks", "mem", "mmap",
-                 "nodes", "rcu", "returned", "reused", "tlb", "versions", "violation", "walk")
+    __slots__ = ("_hash", "_key", "checker", "disk", "freed", "irq", "local", "locks", "mem",
+                 "mmap", "nodes", "rcu", "returned", "reused", "tlb", "versions", "violation",
+                 "walk")
 
     nodes: tuple[Any, ...]
     mem: Any
@@ -69,6 +70,7 @@ class State:
     local: tuple[Any, ...]
     #: a property that failed in the step that led here (the search stops)
     violation: Violation | None
+    _hash: int | None
     #: what the sequential checker reported in that step (the search goes on:
     #: a concrete failure is the better counterexample)
     checker: Violation | None
@@ -93,7 +95,21 @@ class State:
         s.violation = None
         s.checker = None
         s._key = None
+        s._hash = None
         return s
+
+    def __hash__(self) -> int:
+        h = self._hash
+        if h is None:
+            h = self._hash = hash(self.key)
+        return h
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, State):
+            return NotImplemented
+        return hash(self) == hash(other) and self.key == other.key
 
     @property
     def key(self) -> tuple[Any, ...]:

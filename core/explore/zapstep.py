@@ -183,15 +183,16 @@ def apply_effects(s: State, effects: tuple[tuple[Any, ...], ...], owner: int,
     distinct TLB contents)."""
     from mmugather.core.explore.hwx import drop_leaf, invalidate
 
-    if any(eff[0] in ("drop", "inv") for eff in effects):
+    hw = [eff for eff in effects if eff[0] in ("drop", "inv")]
+    if hw:
         key = (s.tlb, s.walk)
         done = tlb_cache.get(key) if tlb_cache is not None else None
         if done is None:
             tlb, walk = s.tlb, s.walk
-            for eff in effects:
+            for eff in hw:
                 if eff[0] == "drop":
                     tlb = drop_leaf(tlb, eff[1], eff[2], eff[3])
-                elif eff[0] == "inv":
+                else:
                     tlb, walk = invalidate(tlb, walk, eff[1])
             done = (tlb, walk)
             if tlb_cache is not None:
@@ -413,15 +414,17 @@ class CellEntry:
         return Mem(tuple(parts), tuple(hashes))
 
 
-def rule_for(m0: Mem, out: Outcome, reads: tuple[frozenset[Any], ...]) -> CellEntry | None:
+def rule_for(m0: Mem, out: Outcome, reads: tuple[frozenset[Any], ...],
+             changed: set[Any]) -> CellEntry | None:
     """The step as a rule, or None when what it read or wrote is not known
     cell by cell (an array read or written as a whole), or when the cells
-    it changed are not all cells it was seen writing."""
+    it changed (``changed``: mem_items() of before and after) are not all
+    cells it was seen writing."""
     cells, whole, written, whole_written = reads
     if whole_written:
         return None
     noticed = cell_items(written)
-    for item in mem_items(m0, out.mem):
+    for item in changed:
         if item[1] in ("page", "pte") and item not in noticed:
             return None
         if item[1] == "mm" and item[2] != "context" and item not in noticed:
