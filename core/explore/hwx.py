@@ -39,10 +39,13 @@ def shifts(geo: Geometry) -> dict[str, int]:
 
 
 def lookup(entries: frozenset[Leaf], va: int) -> Leaf | None:
+    """The entry translating ``va``; of several, the smallest (a choice
+    the hardware may make, and one that does not depend on set order)."""
+    found = None
     for e in entries:
-        if e[0] <= va < e[0] + e[2]:
-            return e
-    return None
+        if e[0] <= va < e[0] + e[2] and (found is None or e < found):
+            found = e
+    return found
 
 
 def invalidate(tlb: tuple[frozenset[Leaf], ...], walk: tuple[frozenset[WalkEntry], ...],
@@ -123,9 +126,8 @@ def walk(mem: Mem, geo: Geometry, cached: frozenset[WalkEntry], va: int,
         level = LEVELS[i]
         hit = None
         for w in cached:
-            if w[0] == level and w[1] <= va < w[1] + w[2]:
+            if w[0] == level and w[1] <= va < w[1] + w[2] and (hit is None or w < hit):
                 hit = w
-                break
         if hit is not None:
             table = hit[3]
             start = i + 1
