@@ -175,8 +175,8 @@ def explored_events(tmp: str) -> list[dict[str, Any]]:
         exhaustive(eng, eng.cfg.scenario.depth)
         eng.close()
     trace = Path(tmp) / "trace.jsonl"
-    cmd = [sys.executable, "-m", "mmugather", "explore", "dirty-writeback", "--mutant",
-           "rmap-before-flush", "--events", str(trace)]
+    cmd = [sys.executable, "-m", "mmugather", "explore", "dirty-writeback", "--arch",
+           "generic-smp", "--mutant", "rmap-before-flush", "--events", str(trace)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     with trace.open() as f:

@@ -130,7 +130,7 @@ def test_bad_scenario_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
         f"{bad}: explore.cpus: 1 CPUs, but an actor runs on CPU 1")
     bad.write_text(base + '[[actor]]\nkind = "writeback"\naddr = 0x10000\n')
     assert _bad(capsys, str(bad), "--arch", "generic-smp") == (
-        "writeback0: the page at 0x10000 is anonymous")
+        f"{bad}: actor[0].addr: the page at 0x10000 is anonymous, not in a page cache")
     bad.write_text("[[vma]\n")
     assert _bad(capsys, str(bad), "--arch", "generic-smp").startswith(f"{bad}: not TOML: ")
 

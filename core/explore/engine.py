@@ -35,6 +35,7 @@ from mmugather.core.explore.zapstep import (
     struct_key,
     want_items,
 )
+from mmugather.core.scenario import ScenarioError
 
 #: how many real worlds a process keeps
 MAX_WORLDS = 8
@@ -162,7 +163,12 @@ class Engine:
         s._key = None
         s._hash = None
         for actor in self.actors:
-            actor.init(self, s)
+            try:
+                actor.init(self, s)
+            except ValueError as exc:
+                # Actor n of the file is actors[n + 1]: actors[0] is [[op]]'s.
+                raise ScenarioError(self.cfg.scenario.path, f"actor[{actor.index - 1}].addr",
+                                    str(exc)) from None
         s._key = None
         s._hash = None
         return s

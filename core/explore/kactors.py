@@ -75,11 +75,11 @@ class Writeback(Actor):
     def init(self, eng: Engine, s: State) -> None:
         pte = s.mem.pte(eng.geo, self.addr)
         if pte is None or not pte[1] & PTE_PRESENT or not is_page(s.mem, pte[1] >> 8):
-            raise ValueError(f"{self.name}: no page-cache page is mapped at {self.addr:#x}")
+            raise ValueError(f"no page-cache page is mapped at {self.addr:#x}")
         head = folio_head(s.mem, pte[1] >> 8)
         page = PFN_BASE + head  # the folio, by its head page
         if s.mem.page_view(FLAGS)[head] & F_ANON:
-            raise ValueError(f"{self.name}: the page at {self.addr:#x} is anonymous")
+            raise ValueError(f"the page at {self.addr:#x} is anonymous, not in a page cache")
         dirty = bool(pte[1] & PTE_DIRTY or s.mem.page_view(FLAGS)[head] & F_DIRTY)
         # What is on disk: the page's contents unless it is dirty.
         s.disk = s.disk | {(page, 0 if dirty else 1)}
@@ -229,7 +229,7 @@ class Reclaim(Actor):
     def init(self, eng: Engine, s: State) -> None:
         pte = s.mem.pte(eng.geo, self.addr)
         if pte is None or not pte[1] & PTE_PRESENT:
-            raise ValueError(f"{self.name}: no page is mapped at {self.addr:#x}")
+            raise ValueError(f"no page is mapped at {self.addr:#x}")
         s.set_local(self.index, (RC_LOCK, pte[0], 0))
 
     def enabled(self, eng: Engine, st: State) -> bool:
