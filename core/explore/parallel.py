@@ -38,14 +38,21 @@ RUN_BLOCK = 64
 _local = threading.local()
 
 
+#: engines a thread keeps (each holds its memo and real worlds)
+ENGINES_KEPT = 4
+
+
 def engine_for(blob: bytes) -> Engine:
-    """This thread's engine for a pickled Config."""
+    """This thread's engine for a pickled Config (the last few are kept)."""
     cache: dict[bytes, Engine] | None = getattr(_local, "engines", None)
     if cache is None:
         cache = _local.engines = {}
-    eng = cache.get(blob)
+    eng = cache.pop(blob, None)
     if eng is None:
-        eng = cache[blob] = Engine(pickle.loads(blob))
+        eng = Engine(pickle.loads(blob))
+    cache[blob] = eng
+    while len(cache) > ENGINES_KEPT:
+        cache.pop(next(iter(cache))).close()
     return eng
 
 

@@ -186,8 +186,9 @@ class RealWorld:
                 report=checker.report if checker is not None else None,
                 rmap_observer=checker.rmap_vma if checker is not None else None, mm=mm)
             if mm is None and self.rec is not None:
-                mm = tracked_mm(zap.mm_of(run.teardown), self.rec)
-                run.teardown.mm = mm
+                # The first thread's mm, made to record what is read of it;
+                # the others share it.
+                zap.set_mm(run.teardown, tracked_mm(zap.mm_of(run.teardown), self.rec))
             mm = zap.mm_of(run.teardown)
             if checker is not None:
                 checker.emit = emit

@@ -17,7 +17,8 @@ from mmugather.core.aspace import AddressSpace
 from mmugather.core.callers import CALLER_MUTANTS, Teardown, run_ops
 from mmugather.core.mm import Machine, MmStruct
 
-__all__ = ["CALLER_MUTANTS", "Teardown", "make_teardown", "mm_of", "run_op", "teardown_class"]
+__all__ = ["CALLER_MUTANTS", "Teardown", "make_teardown", "mm_of", "run_op", "set_mm",
+           "teardown_class"]
 
 
 def teardown_class(strategy: str) -> type[Teardown]:
@@ -48,6 +49,11 @@ def make_teardown(
 
 def mm_of(teardown: Teardown) -> MmStruct:
     return teardown.mm
+
+
+def set_mm(teardown: Teardown, mm: MmStruct) -> None:
+    """Give a thread's callers another (equal) mm before they start."""
+    teardown.mm = mm
 
 
 def run_op(teardown: Teardown, op: dict[str, Any]) -> None:
