@@ -269,15 +269,14 @@ class UserThread(Actor):
                 f"CPU {cpu} reaches page {page:#x} through a stale TLB entry for {va:#x}: "
                 f"the page is {_gone_text(st, page)}")
         if st.returned:
-            ret = next(((a, b) for a, b in st.returned if a <= va < b), None)
+            ret = next((r for r in st.returned if r[0] == cpu and r[1] == entry[0]
+                        and r[2] == entry[1]), None)
             if ret is not None:
-                now = eng.mapping(mem, va)
-                if now.leaf is None or now.leaf[1] != entry[1] or now.leaf[0] != entry[0]:
-                    return Violation(
-                        "stale-after-return",
-                        f"CPU {cpu} still reaches page {page:#x} at {va:#x} through a stale "
-                        f"TLB entry after the unmap of [{ret[0]:#x}, {ret[1]:#x}) returned "
-                        "to user space")
+                return Violation(
+                    "stale-after-return",
+                    f"CPU {cpu} still reaches page {page:#x} at {va:#x} through a TLB entry "
+                    f"that was stale when the unmap of [{ret[3]:#x}, {ret[4]:#x}) returned "
+                    "to user space")
         return None
 
     def idle(self, st: State) -> bool:

@@ -297,7 +297,7 @@ class Engine:
         if out.queued:
             s.rcu = st.rcu + out.queued
         if out.effects:
-            apply_effects(s, out.effects, actor.index, out.tlb_cache)
+            apply_effects(s, out.effects, actor.index, out.tlb_cache, self.geo)
         s.checker = out.checker
         return s, out.events, out.fp
 
@@ -338,6 +338,11 @@ class Engine:
         writes |= effect_items(effects, self.nr_cpus)
         if r.queued:
             writes.add(("rcu",))
+        if any(eff[0] == "returned" for eff in effects):
+            # Which entries are stale when it returns depends on every
+            # CPU's TLB and on the page tables.
+            reads |= {("tlb", c) for c in range(self.nr_cpus)}
+            all_d = 2
         fp = Fp(frozenset(reads), frozenset(writes), all_d=all_d)
         out = Outcome(r.events, world.mem, child, effects, r.queued, violation, fp)
         if r.reads is not None and self.memo_on:
@@ -366,7 +371,7 @@ class Engine:
         s = st.copy()
         s.mem = out.mem
         s.rcu = ()
-        apply_effects(s, out.effects, actor.index, out.tlb_cache)
+        apply_effects(s, out.effects, actor.index, out.tlb_cache, self.geo)
         return s, out.events, out.fp
 
     def close(self) -> None:

@@ -6,8 +6,8 @@ where each zapping thread stands (its event history), a state holds what
 the explorer itself models: each CPU's TLB and walk cache, exactly; the
 locks; the CPUs with interrupts off; the RCU callbacks not yet run; page
 contents as versions and what writeback put on disk; page tables freed
-and what the allocator handed out again; the ranges whose unmap returned
-to user space; and each explicit actor's own progress.
+and what the allocator handed out again; the TLB entries that were stale
+when an unmap of their range returned to user space; and each explicit actor's own progress.
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ class State:
     freed: frozenset[int]
     #: pages and tables the allocator handed out again
     reused: frozenset[int]
-    #: [start, end) ranges whose unmap returned to user space
-    returned: frozenset[tuple[int, int]]
+    #: TLB entries that were stale when an unmap of their address returned
+    #: to user space: (cpu, va, pfn, start, end) (that range)
+    returned: frozenset[tuple[int, int, int, int, int]]
     #: each explicit actor's own state, by actor index (None for the others)
     local: tuple[Any, ...]
     #: a property that failed in the step that led here (the search stops)

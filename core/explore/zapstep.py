@@ -16,6 +16,7 @@ from array import array
 from typing import Any
 
 from mmugather.core.aspace import TABLE_ID_BASE
+from mmugather.core.constants import Geometry
 from mmugather.core.explore.mem import (
     DICTS,
     LAYOUT,
@@ -176,7 +177,7 @@ def effects_of(events: tuple[dict[str, Any], ...], page_size: int, mode: str, cp
 
 
 def apply_effects(s: State, effects: tuple[tuple[Any, ...], ...], owner: int,
-                  tlb_cache: dict[Any, Any] | None = None) -> None:
+                  tlb_cache: dict[Any, Any] | None = None, geo: Geometry | None = None) -> None:
     """Apply a step's effects to ``s`` (a fresh copy) for actor ``owner``.
     ``tlb_cache``: what these effects made of TLBs before (the invalidations
     touch the TLBs and walk caches alone, so they go first, and once per
@@ -216,7 +217,24 @@ def apply_effects(s: State, effects: tuple[tuple[Any, ...], ...], owner: int,
             if (owner, "munmap") in s.mmap:
                 s.mmap = (s.mmap - {(owner, "munmap")}) | {(owner, "read")}
         elif kind == "returned":
-            s.returned = s.returned | {(eff[1], eff[2])}
+            assert geo is not None
+            s.returned = s.returned | stale_entries(s, geo, eff[1], eff[2])
+
+
+def stale_entries(s: State, geo: Geometry, start: int, end: int) -> set[
+        tuple[int, int, int, int, int]]:
+    """The TLB entries of [start, end) that no PTE backs any more, as
+    (cpu, va, pfn, start, end): what no CPU may use once that unmap returned."""
+    from mmugather.core.explore.hwx import walk
+
+    out = set()
+    for cpu, entries in enumerate(s.tlb):
+        for va, pfn, _size, _level, _dirty in entries:
+            if start <= va < end:
+                now = walk(s.mem, geo, frozenset(), va, frozenset()).leaf
+                if now is None or now[0] != va or now[1] != pfn:
+                    out.add((cpu, va, pfn, start, end))
+    return out
 
 
 def effect_items(effects: tuple[tuple[Any, ...], ...], nr_cpus: int) -> set[Any]:
