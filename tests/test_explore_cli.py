@@ -18,8 +18,11 @@ def explore(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return status, out.out, out.err
 
 
-def test_nothing_found_prints_the_coverage(capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, err = explore(capsys, "dirty-writeback", "--arch", "generic-smp")
+def test_nothing_found_prints_the_coverage(capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    trace = tmp_path / "none.jsonl"
+    status, out, err = explore(capsys, "dirty-writeback", "--arch", "generic-smp", "--events",
+                               str(trace))
     assert status == 0 and err == ""
     lines = out.splitlines()
     assert lines[0] == "scenario dirty-writeback: arch generic-smp, strategy pointer, no mutant"
@@ -28,6 +31,8 @@ def test_nothing_found_prints_the_coverage(capsys: pytest.CaptureFixture[str]) -
     assert ", depth 24 (bound 120), 2 CPUs, " in lines[1]
     assert " states, " in lines[1] and " transitions, " in lines[1]
     assert " interleavings, " in lines[1]
+    assert lines[2:] == [f"no counterexample: nothing saved to {trace}"]
+    assert not trace.exists()
 
 
 def test_a_failure_prints_a_timeline_and_saves_a_trace(

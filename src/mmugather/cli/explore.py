@@ -115,6 +115,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     ce = result.counterexample
     if ce is None:
         print(f"no property failed within the bound: {coverage}")
+        if args.events is not None:
+            print(f"no counterexample: nothing saved to {args.events}")
         return EXIT_OK
     run = f" (run {ce.run})" if ce.run is not None else ""
     print(f"{ce.prop}{run}: a counterexample in {len(ce.steps)} steps\n")
