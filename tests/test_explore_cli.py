@@ -107,6 +107,8 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
         "--depth 0: must be at least 1")
     assert _bad(capsys, "dirty-writeback", "--arch", "generic-smp", "--mutant", "x") \
         .startswith("unknown mutant 'x'")
+    assert _bad(capsys, "dirty-writeback", "--arch", "generic-smp", "--strategy", "x") == (
+        "unknown strategy 'x' (known: pointer, legacy, ranges, folio-batch)")
     assert _bad(capsys, "dirty-writeback", "--arch", "generic-smp", "--strategy", "legacy",
                 "--mutant", "rmap-before-flush") == (
         "mutant 'rmap-before-flush' changes the seed patch's zap_pte_range(); strategy "

@@ -182,8 +182,9 @@ def add_explore_parser(sub: Any) -> None:
                    f"{DEFAULT_SCENARIO})")
     p.add_argument("--arch", default=default_arch(), metavar="NAME",
                    help="the arch configuration (default: %(default)s)")
-    p.add_argument("--strategy", default=strategies.DEFAULT_STRATEGY,
-                   choices=strategies.names(), help="the rmap-removal strategy")
+    p.add_argument("--strategy", default=strategies.DEFAULT_STRATEGY, metavar="NAME",
+                   help=f"the rmap-removal strategy: {', '.join(strategies.names())} "
+                   "(default: %(default)s)")
     p.add_argument("--mutant", metavar="NAME", help="run with a deliberately broken behaviour")
     p.add_argument("--cpus", type=int, metavar="N", help="CPUs of the machine (default: the "
                    "scenario's)")
