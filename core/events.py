@@ -19,7 +19,7 @@ from typing import IO, Any, Literal, Protocol
 import structlog
 
 #: Bumped on any change to an event's name or fields.
-EVENTS_VERSION = 2
+EVENTS_VERSION = 3
 
 #: The events the replay contract (replay-v1) fixes.
 CONTRACT_EVENTS = frozenset(
@@ -84,7 +84,19 @@ CALLER_EVENTS = frozenset(
 HARDWARE_EVENTS = frozenset({"hw_config", "tlb_invalidate", "pte_clear_flush", "mm_exit",
                              "vma_end"})
 
-ALL_EVENTS = CONTRACT_EVENTS | MODEL_EVENTS | DETAIL_EVENTS | CALLER_EVENTS | HARDWARE_EVENTS
+#: Events of the explorer (``mmugather explore``, ``core/explore``): the
+#: steps of its own actors (user threads, gup_fast, writeback, reclaim, the
+#: allocator), a zapping thread entering and leaving its system call, and
+#: the property a counterexample breaks.  Never in a run or a replay.
+EXPLORER_EVENTS = frozenset({
+    "syscall_enter", "syscall_return", "user_access", "user_fault", "gup_irq", "gup_walk",
+    "gup_grab", "gup_recheck", "gup_put", "writeback_mkclean", "writeback_lock",
+    "writeback_clean", "writeback_clear_dirty", "writeback_io", "writeback_evict",
+    "reclaim_lock", "reclaim_unmap", "reclaim_flush", "page_reuse", "property_violation",
+})
+
+ALL_EVENTS = (CONTRACT_EVENTS | MODEL_EVENTS | DETAIL_EVENTS | CALLER_EVENTS | HARDWARE_EVENTS
+              | EXPLORER_EVENTS)
 
 EventDict = MutableMapping[str, Any]
 Processor = Callable[[Any, str, EventDict], Any]

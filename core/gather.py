@@ -145,15 +145,19 @@ class MmuGather:
         if self.emit is not None:
             self.emit("gather_begin", fullmm=self.fullmm)
 
-    def tlb_finish_mmu(self, nested: bool = False) -> None:
+    def tlb_finish_mmu(self, nested: bool | None = None) -> None:
         """Final flush, free what is queued, drop the batch pages.
 
         ``nested`` is mm_tlb_flush_nested(): another thread batches PTE
         changes on this mm under a shared lock, so its deferred flush may
         leave stale entries this gather cannot see; flush everything.
+        None (the callers): ask the mm, as the kernel does (another gather
+        in flight on it); a replay says which.
         """
         if self.finished:
             raise GatherError("tlb_finish_mmu() on a finished gather")
+        if nested is None:
+            nested = self.mm.tlb_flush_pending > 1
         if nested:
             self.tlb_finish_nested()
         self.tlb_flush_mmu()

@@ -57,6 +57,10 @@ class MmStruct:
     live: bool = True
     #: the ASID (PCID, PID) its TLB entries are tagged with
     asid: int = DEFAULT_CPUS.asid
+    #: mm->tlb_flush_batched: reclaim cleared PTEs of this mm with their
+    #: flush deferred (try_to_unmap() with TTU_BATCH_FLUSH) this many times
+    #: since flush_tlb_batched_pending() last settled them
+    tlb_flush_batched: int = 0
 
     @classmethod
     def on(cls, cpus: CpuConfig) -> MmStruct:

@@ -27,6 +27,7 @@ from mmugather.core.events import (
     CALLER_EVENTS,
     CONTRACT_EVENTS,
     DETAIL_EVENTS,
+    EXPLORER_EVENTS,
     HARDWARE_EVENTS,
     MODEL_EVENTS,
 )
@@ -101,7 +102,8 @@ def test_hook_section_shows_the_signature(name: str) -> None:
 
 
 def test_event_sets_are_disjoint() -> None:
-    sets = [CONTRACT_EVENTS, MODEL_EVENTS, DETAIL_EVENTS, CALLER_EVENTS, HARDWARE_EVENTS]
+    sets = [CONTRACT_EVENTS, MODEL_EVENTS, DETAIL_EVENTS, CALLER_EVENTS, HARDWARE_EVENTS,
+            EXPLORER_EVENTS]
     assert sum(len(s) for s in sets) == len(ALL_EVENTS)
 
 
@@ -113,6 +115,7 @@ def test_event_sets_table_matches_the_code() -> None:
         "DETAIL_EVENTS": DETAIL_EVENTS,
         "CALLER_EVENTS": CALLER_EVENTS,
         "HARDWARE_EVENTS": HARDWARE_EVENTS,
+        "EXPLORER_EVENTS": EXPLORER_EVENTS,
     }
     for name, members in sets.items():
         row = re.search(rf"^\| `{name}` \|[^|]*\|(.*)\|$", text, re.MULTILINE)
@@ -151,11 +154,41 @@ def test_event_section_example_matches_its_fields(name: str) -> None:
         assert "No fields." in body, f"{name}: no field table and no 'No fields.'"
 
 
+def explored_events(tmp: str) -> list[dict[str, Any]]:
+    """The events of every step the explorer takes over its built-in
+    scenarios, and a trace file of a counterexample (its lines carry the
+    trace fields)."""
+    from mmugather.core.explore import Config, Engine, spec
+    from mmugather.core.explore.search import exhaustive
+
+    events: list[dict[str, Any]] = []
+    for name in spec.builtin_names():
+        eng = Engine(Config(spec.load_builtin(name), "generic-smp"))
+        step = eng.step
+
+        def recording(st: Any, index: int, step: Any = step) -> Any:
+            out = step(st, index)
+            events.extend(out[1])
+            return out
+
+        eng.step = recording  # type: ignore[method-assign]
+        exhaustive(eng, eng.cfg.scenario.depth)
+        eng.close()
+    trace = Path(tmp) / "trace.jsonl"
+    cmd = [sys.executable, "-m", "mmugather", "explore", "dirty-writeback", "--arch",
+           "generic-smp", "--mutant", "rmap-before-flush", "--events", str(trace)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    with trace.open() as f:
+        events.extend(json.loads(line) for line in f.readlines()[1:])
+    return events
+
+
 def emitted_events() -> list[dict[str, Any]]:
     """Events the code really emits: every replay example under its arch with
     detail on, a replay reaching the single-table fallback and a VM_BUG_ON,
     and caller runs of the default scenario on every arch, plus one with a
-    mutant so that the checker reports violations."""
+    mutant so that the checker reports violations; and the explorer's."""
     from mmugather.core.arch import make_machine
     from mmugather.core.events import Collector, make_emit
     from mmugather.core.replay import parse_file, run
@@ -196,11 +229,12 @@ def emitted_events() -> list[dict[str, Any]]:
         caller_run("--arch", "generic-smp", "--strategy", "ranges", status=0)
         caller_run("--arch", "generic-smp", "--strategy", "folio-batch", status=0)
         caller_run("--arch", "generic-smp", "--mutant", "free-before-flush", status=1)
+        events.extend(explored_events(tmp))
     return events
 
 
 #: Fields any event may carry, documented once under "Common fields".
-COMMON_FIELDS = ("arch",)
+COMMON_FIELDS = ("arch", "step", "actor", "cpu")
 
 
 def test_common_fields_are_documented() -> None:

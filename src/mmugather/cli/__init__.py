@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
   mmugather run --mutant free-before-flush       a broken ordering the checker must catch
   mmugather replay calls.jsonl --arch s390       recorded calls in, the kernel's effects out
   mmugather compare thp-pte                      the rmap-removal strategies side by side
+  mmugather explore --mutant rmap-before-flush   the lost write of 5df397dec7c4, step by step
   mmugather run --events run.jsonl && mmugather analyze run.jsonl --trace run.trace.json
   pytest --mmu-arch NAME                         the conformance kit for an arch plugin
 
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mmugather {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from mmugather.cli import analyze, bench, compare, host_check, listing, replay, run
+    from mmugather.cli import analyze, bench, compare, explore, host_check, listing, replay, run
 
     replay.add_replay_parser(sub)
     run.add_run_parser(sub)
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_bench_parser(sub)
     compare.add_compare_parser(sub)
     host_check.add_host_check_parser(sub)
+    explore.add_explore_parser(sub)
     return parser
 
 
