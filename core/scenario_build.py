@@ -200,6 +200,10 @@ def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
                         addr += nr * page_size
                         continue
                 addr += step
+    # The kernel keeps an mm's VMAs in address order (the maple tree), and
+    # free_pgtables() and the munmap neighbours rely on it: a file may list
+    # them in any order.
+    aspace.vmas.sort(key=lambda v: v.start)
     return aspace
 
 
