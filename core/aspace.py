@@ -52,6 +52,14 @@ F_SHARED = 0x40  # file folio mapped MAP_SHARED somewhere (writeback matters)
 
 VMA_KINDS = ("anon", "file", "file-shared", "hugetlb", "pfnmap")
 
+#: The mm's rss counters (include/linux/mm_types_task.h), indexes of
+#: ``AddressSpace.rss_stat``; a MAP_SHARED file of the model is no shmem,
+#: so MM_SHMEMPAGES is not kept
+MM_FILEPAGES = 0
+MM_ANONPAGES = 1
+MM_SWAPENTS = 2
+RSS_NAMES = ("MM_FILEPAGES", "MM_ANONPAGES", "MM_SWAPENTS")
+
 
 @attrs.define(slots=True, eq=False)
 class MmVma:
@@ -189,6 +197,10 @@ class AddressSpace:
     next_swap: int = 1
     #: table id -> (level, address) for every live table
     tables: dict[int, tuple[str, int]] = attrs.Factory(dict)
+    #: mm->rss_stat: pages mapped (by file and anon) and swap entries, as the
+    #: builder mapped them and the zaps took them away (mm_counter());
+    #: exit must bring each back to 0 (check_mm())
+    rss_stat: list[int] = attrs.Factory(lambda: [0, 0, 0])
 
     # --- geometry shortcuts -------------------------------------------------
 

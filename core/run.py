@@ -19,6 +19,7 @@ from mmugather.core import strategies
 from mmugather.core.arch import ArchSpec, make_machine
 from mmugather.core.callers import make_callers, run_ops
 from mmugather.core.check import Checker, Violation
+from mmugather.core.check.complete import Completeness
 from mmugather.core.events import Processor, RowBus, make_stream
 from mmugather.core.hw.cpus import CpuConfig
 from mmugather.core.scenario import Scenario, build
@@ -156,6 +157,8 @@ def run_arch(
         rmap_observer=checker.rmap_vma if checker is not None else None,
         progress=progress,
     )
+    if checker is not None:
+        callers.ctx.complete = Completeness(aspace, checker.report)
     machine.hw_config(callers.ctx.mm)
     t0 = time.perf_counter()
     with _quiet_collector():

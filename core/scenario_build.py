@@ -17,6 +17,9 @@ from mmugather.core.aspace import (
     F_HUGETLB,
     F_SHARED,
     F_SWAPCACHE,
+    MM_ANONPAGES,
+    MM_FILEPAGES,
+    MM_SWAPENTS,
     PFN_BASE,
     PTE_DIRTY,
     PTE_PRESENT,
@@ -176,6 +179,7 @@ def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
                     aspace.next_swap += 1
                     aspace.swap_map[slot] = 1
                     aspace.set_pte(addr, slot << 8 | SWP_SWAP)
+                    aspace.rss_stat[MM_SWAPENTS] += 1
                 elif pop.state == "zero":
                     aspace.set_pte(addr, ZERO_PFN << 8 | PTE_PRESENT | PTE_SPECIAL)
                 elif pop.state == "marker":
@@ -185,6 +189,8 @@ def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
                 elif pop.state == "migration":
                     head = store.new_folio(0, F_ANON if spec.kind == "anon" else 0)
                     aspace.set_pte(addr, head << 8 | SWP_MIGRATION)
+                    # A page under migration still counts in the rss.
+                    aspace.rss_stat[MM_ANONPAGES if spec.kind == "anon" else MM_FILEPAGES] += 1
                 elif spec.kind == "pfnmap":
                     aspace.set_pte(addr, ((addr >> geo.page_shift) | 1 << 36) << 8 | bits
                                    | PTE_SPECIAL)
@@ -236,6 +242,7 @@ def _map_pte(aspace: AddressSpace, addr: int, pfn: int, bits: int) -> None:
     idx = pfn - PFN_BASE
     head = store.head[idx]
     aspace.set_pte(addr, pfn << 8 | bits)
+    aspace.rss_stat[MM_ANONPAGES if store.flags[head] & F_ANON else MM_FILEPAGES] += 1
     if store.mapcount[idx] == 0:
         store.nr_mapped[head] += 1
     store.mapcount[idx] += 1
@@ -250,6 +257,7 @@ def _map_pmd(aspace: AddressSpace, vma: MmVma, addr: int, head: int, bits: int) 
     store = aspace.pages
     store.entire_mapcount[head - PFN_BASE] += 1
     store.refcount[head - PFN_BASE] += 1
+    aspace.rss_stat[MM_ANONPAGES if vma.kind == "anon" else MM_FILEPAGES] += geo.ptrs_per_pte
     if vma.kind == "anon":
         # An anon THP keeps a PTE table in reserve for a later split.
         aspace.deposited[pmd_i] = aspace.new_table("pte", addr)
@@ -285,6 +293,7 @@ def _populate_small_anon(aspace: AddressSpace, addr: int, pop: Populate, bits: i
     swapcache = pop.state == "swapcache"
     flags = F_ANON | (F_SWAPCACHE if swapcache else 0)
     first = aspace.pages.new_small_folios(pop.pages, flags, 1, 2 if swapcache else 1)
+    aspace.rss_stat[MM_ANONPAGES] += pop.pages
     per_table = geo.ptrs_per_pte
     left = pop.pages
     pfn = first

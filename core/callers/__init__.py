@@ -151,15 +151,19 @@ def make_callers(
 def run_ops(callers: Callers, ops: Sequence[dict[str, Any]], rcu_at_end: bool = True) -> None:
     """Run scenario operations in order; a grace period ends the run so that
     RCU-freed tables are freed too."""
+    complete = callers.ctx.complete
     for op in ops:
         kind = op["kind"]
+        zapped: list[tuple[int, int]] = []
         if kind == "exit":
             callers.mmap.exit_mmap()
         elif kind == "munmap":
             callers.mmap.munmap(op["start"], op["end"])
         elif kind == "madvise_dontneed":
-            callers.madvise.madvise_dontneed(op["start"], op["end"])
+            zapped = callers.madvise.madvise_dontneed(op["start"], op["end"])
         else:  # pragma: no cover - the scenario validator rejects others
             raise ValueError(f"unknown operation {kind!r}")
+        if complete is not None:
+            complete.after_op(op, zapped)
     if rcu_at_end:
         callers.ctx.machine.rcu_grace_period()

@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING
 
 import attrs
 from mmugather.core.aspace import (
+    F_ANON,
     F_DEFERRED_SPLIT,
     F_DIRTY,
     F_SWAPCACHE,
+    MM_ANONPAGES,
+    MM_FILEPAGES,
     PFN_BASE,
     PTE_DIRTY,
     PTE_PRESENT,
@@ -82,6 +85,9 @@ class HugeMemory:
         self.rmap.page_remove_rmap(pfn, True)
         self.zap_deposited_table(pmd_i)
         ctx.rss_freed += geo.ptrs_per_pte
+        store = ctx.aspace.pages
+        anon = store.flags[store.head[pfn - PFN_BASE]] & F_ANON
+        ctx.aspace.rss_stat[MM_ANONPAGES if anon else MM_FILEPAGES] -= geo.ptrs_per_pte
         if emit is not None:
             emit("ptl_unlock", table=lock)
         tlb.tlb_remove_page_size(pfn, geo.pmd_size)
@@ -116,6 +122,7 @@ class HugeMemory:
                 self.rmap.page_remove_rmap(pfn, True)
                 self.swap.put_page(head)
                 self.swap.flush_folio_frees()
+                aspace.rss_stat[MM_FILEPAGES] -= geo.ptrs_per_pte
             return
         orig = aspace.huge_pmds.pop(pmd_i)
         table_id = aspace.deposited.pop(pmd_i, None)

@@ -129,6 +129,8 @@ class FreePgtables:
 
     def free_pte_range(self, tlb: MmuGather, pmd_i: int, addr: int) -> None:
         table = self.ctx.aspace.pte_tables.pop(pmd_i)
+        if self.ctx.complete is not None:
+            self.ctx.complete.pte_table_freed(table, addr)
         self._unhook("pte", table.id, addr)
         tlb.pte_free_tlb(table.id, addr)
 

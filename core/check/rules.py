@@ -34,14 +34,33 @@ REPLAY_RULES: dict[str, str] = {
     "flush-covers": "every TLB flush covers every entry cleared since the last one",
 }
 
+#: Completeness rules (``mmugather run``, ``complete.py``): what a teardown
+#: leaves behind, in the spirit of the kernel's check_mm().
+COMPLETENESS_RULES: dict[str, str] = {
+    "left-mapped": "munmap() and madvise(MADV_DONTNEED) return with no present or swap entry "
+    "left in the range they unmapped, and exit with none anywhere (each entry a zap skips "
+    "keeps its page mapped and accounted to the mm)",
+    "table-not-empty": "free_pte_range() frees a PTE table only when every entry in it is none "
+    "(it frees the table, not what the table maps: a page still mapped there is leaked, its "
+    "mapcount and reference never dropped)",
+    "rss-counter": "after exit every rss counter (MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS) is "
+    "back to 0: each page and swap entry the mm mapped was zapped exactly once (check_mm(): "
+    "\"Bad rss-counter state\")",
+    "mapped-at-exit": "after exit no page the mm mapped is still mapped: every mapcount and "
+    "entire mapcount is back to 0",
+    "pgtables-bytes": "after exit no page table is still hooked in the mm, deposited THP tables "
+    "included (check_mm(): \"non-zero pgtables_bytes on freeing mm\")",
+}
+
 #: Rules of both.
 COMMON_RULES: dict[str, str] = {
     "table-free-walkers": "no page-table page is freed while a lockless walker (gup_fast, "
     "IRQs off) may still be inside it: only an IPI that waits for it, a synchronising IPI or "
     "an RCU grace period since the unhook proves it left (a replay: a TLB flush, and where "
     "the arch frees tables through RCU, a grace period or the IPI after it)",
-    "rmap-outside-ptl": "tlb_flush_rmaps() removes each rmap before the lock that guarded "
-    "the cleared PTE is dropped",
+    "rmap-outside-ptl": "a rmap goes before the lock that guarded its cleared entry is "
+    "dropped: tlb_flush_rmaps() under the PTE table's lock, a removal at once (hugetlb, a "
+    "THP, up, s390) under the lock held at the clear",
     "rmap-wrong-vma": "the pages between tlb_discard_rmaps() and tlb_flush_rmaps() were all "
     "mapped by the VMA passed",
     "rmap-not-pending": "tlb_flush_rmaps() removes rmaps only from pages whose PTE was cleared "
@@ -54,4 +73,5 @@ COMMON_RULES: dict[str, str] = {
     "refcount": "no reference count falls below zero",
 }
 
-RULES: dict[str, str] = {**HARDWARE_RULES, **REPLAY_RULES, **COMMON_RULES}
+RULES: dict[str, str] = {**HARDWARE_RULES, **REPLAY_RULES, **COMPLETENESS_RULES,
+                         **COMMON_RULES}
