@@ -39,10 +39,12 @@ class ArchRun:
     mutant: str | None = None
     mutant_applies: bool = True
     strategy: str = "pointer"
+    page_size: int = 4096
 
     def as_json(self) -> dict[str, Any]:
         return {
             "arch": self.arch,
+            "page_size": self.page_size,
             "strategy": self.strategy,
             "mutant": self.mutant,
             "mutant_applies": self.mutant_applies,
@@ -145,7 +147,7 @@ def run_arch(
     )
     if m is not None and m.gather is not None:
         machine.gather_class = m.gather
-    aspace = build(scenario, machine.geometry)
+    aspace = build(scenario, machine.geometry, spec.name)
     mapped = aspace.mapped_ptes()
     if progress_total is not None:
         progress_total(len(aspace.pte_tables) * machine.geometry.ptrs_per_pte)
@@ -178,4 +180,5 @@ def run_arch(
         mutant=mutant,
         mutant_applies=m.applies(spec) if m is not None else True,
         strategy=strat.name,
+        page_size=size,
     )

@@ -438,17 +438,18 @@ def resolve(name_or_path: str, page_size: int = 4096, max_pages: int = MAX_PAGES
     return load(name_or_path, page_size, max_pages)
 
 
-def check_geometry(scenario: Scenario, geo: Geometry) -> None:
-    """The checks that depend on the arch's geometry (folio orders, huge
-    page alignment, the page cache); ``core/scenario_build.py``."""
+def check_geometry(scenario: Scenario, geo: Geometry, arch: str = "") -> None:
+    """The checks that depend on the arch's geometry (TASK_SIZE, folio
+    orders, huge page alignment, the page cache); ``arch`` names the arch
+    in the messages; ``core/scenario_build.py``."""
     from mmugather.core.scenario_build import check_geometry as check
 
-    check(scenario, geo)
+    check(scenario, geo, arch)
 
 
-def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
+def build(scenario: Scenario, geo: Geometry, arch: str = "") -> AddressSpace:
     """Materialise the scenario's address space for one arch geometry (after
     :func:`check_geometry`); ``core/scenario_build.py``."""
     from mmugather.core.scenario_build import build as build_aspace
 
-    return build_aspace(scenario, geo)
+    return build_aspace(scenario, geo, arch)

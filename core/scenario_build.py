@@ -44,20 +44,26 @@ from mmugather.core.scenario import (
 )
 
 
-def check_geometry(scenario: Scenario, geo: Geometry) -> None:
-    """The checks that depend on the arch's geometry: folio orders against
-    its PMD order, alignment to its huge page sizes, and the page cache (one
-    folio order per file page, folios at aligned file offsets)."""
+def check_geometry(scenario: Scenario, geo: Geometry, arch: str = "") -> None:
+    """The checks that depend on the arch's geometry: VMAs and operations
+    below its TASK_SIZE, folio orders against its PMD order, alignment to
+    its huge page sizes (and no PUD-sized page where the PUD level is
+    folded), and the page cache (one folio order per file page, folios at
+    aligned file offsets).  ``arch`` names the arch in the messages."""
     path = scenario.path
+    check_task_size(scenario, geo, arch)
     pmd_order = geo.pmd_shift - geo.page_shift
     cached: dict[str, list[_Cached]] = {}
     for n, spec in enumerate(scenario.vmas):
         key = f"vma[{n}]"
         if spec.kind == "hugetlb":
+            if spec.hugepage_size == HUGE_PUD and geo.pud_folded:
+                raise ScenarioError(path, f"{key}.hugepage_size", f"{_arch(arch)} folds the "
+                                    "PUD level: it has no PUD-sized pages")
             size = geo.pmd_size if spec.hugepage_size == HUGE_PMD else geo.pud_size
             if spec.start % size or spec.end % size:
                 raise ScenarioError(path, key, f"a hugetlb VMA must be aligned to {size:#x} "
-                                    "on this arch")
+                                    f"on {_arch(arch)}")
             continue
         for k, pop in enumerate(spec.populate):
             pkey = f"{key}.populate[{k}]"
@@ -85,6 +91,26 @@ def check_geometry(scenario: Scenario, geo: Geometry) -> None:
                 _Cached(first, first + pop.pages, order, pop.every, (n, k), pkey))
     for file, entries in cached.items():
         _one_order_per_page(path, file, entries)
+
+
+def _arch(arch: str) -> str:
+    return arch or "this arch"
+
+
+def check_task_size(scenario: Scenario, geo: Geometry, arch: str = "") -> None:
+    """Every VMA and every operation's range ends at or below TASK_SIZE: an
+    address above it is not a user address on this arch (mmap() fails,
+    munmap() says EINVAL)."""
+    top = geo.task_size
+    where = f"{_arch(arch)}'s TASK_SIZE {top:#x} (PAGE_SIZE {geo.page_size})"
+    for n, spec in enumerate(scenario.vmas):
+        if spec.end > top:
+            raise ScenarioError(scenario.path, f"vma[{n}]", f"[{spec.start:#x}, {spec.end:#x}) "
+                                f"ends above {where}")
+    for n, op in enumerate(scenario.ops):
+        if op.get("end", 0) > top:
+            raise ScenarioError(scenario.path, f"op[{n}]", f"{op['kind']} [{op['start']:#x}, "
+                                f"{op['end']:#x}) ends above {where}")
 
 
 @attrs.frozen
@@ -143,10 +169,11 @@ def _one_order_per_page(path: str, file: str, entries: list[_Cached]) -> None:
             i += 1
 
 
-def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
+def build(scenario: Scenario, geo: Geometry, arch: str = "") -> AddressSpace:
     """Materialise the scenario's address space for one arch geometry
-    (after :func:`~mmugather.core.scenario.check_geometry`)."""
-    check_geometry(scenario, geo)
+    (after :func:`~mmugather.core.scenario.check_geometry`; ``arch`` names
+    the arch in its messages)."""
+    check_geometry(scenario, geo, arch)
     aspace = AddressSpace(geometry=geo)
     store = aspace.pages
     page_size = geo.page_size
