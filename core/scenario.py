@@ -48,7 +48,7 @@ BYTES_PER_PAGE = 40
 TOP_KEYS = {"name", "description", "vma", "op"}
 VMA_KEYS = {"name", "start", "end", "kind", "exec", "file", "pgoff", "hugepage_size", "populate"}
 POP_KEYS = {"offset", "pages", "folio_order", "pmd_mapped", "dirty", "young", "state", "every"}
-OP_KEYS = {"kind", "start", "end"}
+OP_KEYS = {"kind", "start", "end", "nested"}
 
 
 class ScenarioError(Exception):
@@ -266,7 +266,14 @@ def parse(
         if kind == "exit":
             if "start" in raw or "end" in raw:
                 raise ScenarioError(path, key, "exit takes no range")
+            if "nested" in raw:
+                # exit_mmap() runs when no user is left: nothing can be
+                # batching PTE changes on the mm beside it.
+                raise ScenarioError(path, f"{key}.nested", "exit has no other gather beside "
+                                    "it (only munmap and madvise_dontneed are nested)")
         else:
+            if _bool(path, f"{key}.nested", raw.get("nested", False)):
+                op["nested"] = True
             for k in ("start", "end"):
                 if k not in raw:
                     raise ScenarioError(path, f"{key}.{k}", "missing")
