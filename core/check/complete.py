@@ -160,21 +160,25 @@ class Completeness:
                 self.report("rss-counter", f"after exit {name} is {value}, not 0 "
                             "(check_mm(): \"Bad rss-counter state\"): "
                             + ("a mapping was never zapped" if value > 0
-                               else "a mapping was zapped twice"))
+                               else "more was zapped than was mapped"))
         store = aspace.pages
         mapped = _nonzero(store.mapcount)
         if mapped:
             i = mapped[0]
             more = _more(len(mapped), "pages")
+            why = ("a mapping of it was never removed" if store.mapcount[i] > 0
+                   else "its mapping was removed more often than it was made")
             self.report("mapped-at-exit", f"after exit page {PFN_BASE + i:#x} has mapcount "
-                        f"{store.mapcount[i]}, not 0{more}: a mapping of it was never removed")
+                        f"{store.mapcount[i]}, not 0{more}: {why}")
         whole = _nonzero(store.entire_mapcount)
         if whole:
             i = whole[0]
             more = _more(len(whole), "folios")
+            why = ("a PMD or hugetlb mapping of it was never removed"
+                   if store.entire_mapcount[i] > 0
+                   else "its PMD or hugetlb mapping was removed more often than it was made")
             self.report("mapped-at-exit", f"after exit folio {PFN_BASE + i:#x} has entire "
-                        f"mapcount {store.entire_mapcount[i]}, not 0{more}: a PMD or hugetlb "
-                        "mapping of it was never removed")
+                        f"mapcount {store.entire_mapcount[i]}, not 0{more}: {why}")
         self._pgtables_bytes()
 
     def pgtables_bytes(self) -> dict[str, int]:

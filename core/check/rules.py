@@ -1,9 +1,11 @@
 """The rules the checker enforces, by name (``docs/checker.md``).
 
 A run judges by what the hardware can still reach (``hw_config`` starts the
-hardware model); a replay, which has no page tables, by the order of the
-gather's own events.  The rules common to both are about the rmap API and
-the gather's bookkeeping.
+hardware model) and by what the teardown leaves behind (the completeness
+rules); a replay, which has no page tables, by the order of the gather's own
+events.  The rules common to both are about the rmap API and the gather's
+bookkeeping.  Each hardware rule names, in brackets, the hardware fact it
+rests on.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ HARDWARE_RULES: dict[str, str] = {
     "walk-cache entry a CPU may walk still points to it (hardware walkers use cached "
     "upper-level entries, speculatively too)",
     "stale-after-unmap": "munmap() and madvise() of a live mm return, and tlb_end_vma() of a "
-    "VM_PFNMAP VMA returns, only when no CPU may still use a stale entry of what they unmapped",
+    "VM_PFNMAP VMA returns, only when no CPU may still use a stale entry of what they unmapped "
+    "(a stale entry stays usable until an invalidation reaches its CPU: once the call "
+    "returns, the range may be mapped again, and a PFN map's frames go back to their "
+    "driver, b67fbebd4cf9)",
     "stale-after-exit": "the teardown of a dead mm ends with no stale entry held, unless the "
-    "arch never hands its ASID to another mm without invalidating it",
+    "arch never hands its ASID to another mm without invalidating it (TLB entries are tagged "
+    "with the ASID: another mm given the same one would hit them)",
 }
 
 #: The order rules of a replay (``mmugather replay --check``): no page tables,
