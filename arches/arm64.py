@@ -62,7 +62,7 @@ FOLDED = {4096: ("p4d",), 16384: ("p4d",), 65536: ("pud", "p4d")}
 def geometry(page_size: int) -> Geometry:
     pmd, pud, p4d, pgdir = SHIFTS[page_size]
     return Geometry(page_size=page_size, pmd_shift=pmd, pud_shift=pud, p4d_shift=p4d,
-                    pgdir_shift=pgdir, task_size=1 << VA_BITS)
+                    pgdir_shift=pgdir, task_size=1 << VA_BITS, folded=FOLDED[page_size])
 
 
 #: tlb_get_level()'s answer -> the level an entry must have to match the

@@ -53,7 +53,7 @@ OP_LAZY = "switch to init_mm (lazy)"
 def geometry(page_size: int) -> Geometry:
     """4K pages, 512 entries per table, the p4d level folded (no LA57)."""
     return Geometry(page_size=page_size, pmd_shift=21, pud_shift=30, p4d_shift=39,
-                    pgdir_shift=39, task_size=TASK_SIZE_MAX)
+                    pgdir_shift=39, task_size=TASK_SIZE_MAX, folded=("p4d",))
 
 
 def flush_targets(mm: MmStruct, freed_tables: bool) -> int:

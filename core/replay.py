@@ -143,6 +143,13 @@ CODES = {
 }
 
 
+def _shown(name: str, limit: int = 80) -> str:
+    """``repr(name)``, cut to about ``limit`` characters: an error line
+    never echoes a megabyte of input."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -265,14 +272,14 @@ def parse_line(raw: bytes, lineno: int, path: str, page_size: int) -> Compiled |
         raise ReplayError(path, lineno, f"field 'op' must be a string, not {_type_name(op)}")
     spec = OPS.get(op)
     if spec is None:
-        raise ReplayError(path, lineno, f"unknown op {op!r}")
+        raise ReplayError(path, lineno, f"unknown op {_shown(op)}")
     args: dict[str, Any] = {}
     for key, value in obj.items():
         if key == "op":
             continue
         if key not in spec:
             known = ", ".join(spec) or "none"
-            raise ReplayError(path, lineno, f"{op}: unknown field {key!r} (fields: {known})")
+            raise ReplayError(path, lineno, f"{op}: unknown field {_shown(key)} (fields: {known})")
         try:
             args[key] = _field(op, key, spec[key][0], value)
         except ValueError as exc:
@@ -365,8 +372,10 @@ def parse(lines: Iterator[bytes], path: str, page_size: int) -> list[Compiled]:
             shape = int_tails.get(head)
             if shape is not None and tail[-1:] == b"}":
                 digits = tail[:-1]
-                # JSON digits: no sign, no leading zero, no fraction.
-                if digits.isdigit() and (digits[0] != 0x30 or len(digits) == 1):
+                # JSON digits: no sign, no leading zero, no fraction; at most
+                # 20 of them (2^64 has 20): a longer number goes the slow way.
+                if (digits.isdigit() and len(digits) <= 20
+                        and (digits[0] != 0x30 or len(digits) == 1)):
                     code, op, lo, hi, b, c = shape
                     value = int(digits)
                     if lo <= value <= hi:

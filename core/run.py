@@ -19,6 +19,7 @@ from mmugather.core import strategies
 from mmugather.core.arch import ArchSpec, make_machine
 from mmugather.core.callers import make_callers, run_ops
 from mmugather.core.check import Checker, Violation
+from mmugather.core.check.complete import Completeness
 from mmugather.core.events import Processor, RowBus, make_stream
 from mmugather.core.hw.cpus import CpuConfig
 from mmugather.core.scenario import Scenario, build
@@ -38,10 +39,12 @@ class ArchRun:
     mutant: str | None = None
     mutant_applies: bool = True
     strategy: str = "pointer"
+    page_size: int = 4096
 
     def as_json(self) -> dict[str, Any]:
         return {
             "arch": self.arch,
+            "page_size": self.page_size,
             "strategy": self.strategy,
             "mutant": self.mutant,
             "mutant_applies": self.mutant_applies,
@@ -144,7 +147,7 @@ def run_arch(
     )
     if m is not None and m.gather is not None:
         machine.gather_class = m.gather
-    aspace = build(scenario, machine.geometry)
+    aspace = build(scenario, machine.geometry, spec.name)
     mapped = aspace.mapped_ptes()
     if progress_total is not None:
         progress_total(len(aspace.pte_tables) * machine.geometry.ptrs_per_pte)
@@ -156,6 +159,8 @@ def run_arch(
         rmap_observer=checker.rmap_vma if checker is not None else None,
         progress=progress,
     )
+    if checker is not None:
+        callers.ctx.complete = Completeness(aspace, checker.report)
     machine.hw_config(callers.ctx.mm)
     t0 = time.perf_counter()
     with _quiet_collector():
@@ -175,4 +180,5 @@ def run_arch(
         mutant=mutant,
         mutant_applies=m.applies(spec) if m is not None else True,
         strategy=strat.name,
+        page_size=size,
     )

@@ -48,7 +48,7 @@ BYTES_PER_PAGE = 40
 TOP_KEYS = {"name", "description", "vma", "op"}
 VMA_KEYS = {"name", "start", "end", "kind", "exec", "file", "pgoff", "hugepage_size", "populate"}
 POP_KEYS = {"offset", "pages", "folio_order", "pmd_mapped", "dirty", "young", "state", "every"}
-OP_KEYS = {"kind", "start", "end"}
+OP_KEYS = {"kind", "start", "end", "nested"}
 
 
 class ScenarioError(Exception):
@@ -266,7 +266,14 @@ def parse(
         if kind == "exit":
             if "start" in raw or "end" in raw:
                 raise ScenarioError(path, key, "exit takes no range")
+            if "nested" in raw:
+                # exit_mmap() runs when no user is left: nothing can be
+                # batching PTE changes on the mm beside it.
+                raise ScenarioError(path, f"{key}.nested", "exit has no other gather beside "
+                                    "it (only munmap and madvise_dontneed are nested)")
         else:
+            if _bool(path, f"{key}.nested", raw.get("nested", False)):
+                op["nested"] = True
             for k in ("start", "end"):
                 if k not in raw:
                     raise ScenarioError(path, f"{key}.{k}", "missing")
@@ -438,17 +445,18 @@ def resolve(name_or_path: str, page_size: int = 4096, max_pages: int = MAX_PAGES
     return load(name_or_path, page_size, max_pages)
 
 
-def check_geometry(scenario: Scenario, geo: Geometry) -> None:
-    """The checks that depend on the arch's geometry (folio orders, huge
-    page alignment, the page cache); ``core/scenario_build.py``."""
+def check_geometry(scenario: Scenario, geo: Geometry, arch: str = "") -> None:
+    """The checks that depend on the arch's geometry (TASK_SIZE, folio
+    orders, huge page alignment, the page cache); ``arch`` names the arch
+    in the messages; ``core/scenario_build.py``."""
     from mmugather.core.scenario_build import check_geometry as check
 
-    check(scenario, geo)
+    check(scenario, geo, arch)
 
 
-def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
+def build(scenario: Scenario, geo: Geometry, arch: str = "") -> AddressSpace:
     """Materialise the scenario's address space for one arch geometry (after
     :func:`check_geometry`); ``core/scenario_build.py``."""
     from mmugather.core.scenario_build import build as build_aspace
 
-    return build_aspace(scenario, geo)
+    return build_aspace(scenario, geo, arch)

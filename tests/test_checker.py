@@ -262,6 +262,30 @@ def test_flush_rmaps_over_a_page_cleared_with_rmap_now(arch: str) -> None:
     assert "0x300000" in c.checker.violations[0].message
 
 
+@pytest.mark.parametrize("arch", ARCHES)
+def test_rmap_removed_at_once_after_the_unlock_is_rmap_outside_ptl(arch: str) -> None:
+    """A rmap that goes at once (``rmap="now"``: hugetlb, a THP, every page
+    on ``up`` and ``s390``) goes under the lock held when its entry was
+    cleared: the first page here does, the second one's removal comes after
+    the unlock."""
+    c = Caller(arch)
+    c.start_table()
+    assert c.rows is not None
+    for k, page in enumerate((0x300000, 0x300001)):
+        addr = 0x400000 + k * PS
+        c.tlb.tlb_remove_tlb_entry(addr)
+        c.rows.pte_clear((addr, page, "now", False))
+        if k:
+            c.unlock()
+        c.emit("rmap_remove_now", page=page)
+        c.tlb.remove_page(page, PS, 0)
+    c.finish()
+    assert c.rules == ["rmap-outside-ptl"]
+    assert c.checker.violations[0].message == (
+        f"page 0x300001: rmap removed at once after the lock of table {c.TABLE:#x} that was "
+        "held when its entry was cleared was dropped")
+
+
 @pytest.mark.parametrize("arch", BATCHING)
 def test_queue_freed_before_the_tlb_flush(arch: str) -> None:
     """tlb_batch_pages_flush() without tlb_flush_mmu_tlbonly() first: the

@@ -222,6 +222,65 @@ def test_mutants_command(capsys: pytest.CaptureFixture[str]) -> None:
                for d in doc)
 
 
+CHECKER_MD = Path(__file__).resolve().parent.parent / "docs" / "checker.md"
+
+
+def _docs_table() -> list[list[str]]:
+    """The rows of docs/checker.md's mutants table, as cells."""
+    text = CHECKER_MD.read_text()
+    table = text[text.index("<!-- mutants:start -->"):text.index("<!-- mutants:end -->")]
+    rows = []
+    for line in table.splitlines()[3:]:
+        cells = [c.strip().replace("\\|", "|")
+                 for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        rows.append(cells)
+    return rows
+
+
+def test_the_mutants_table_in_the_docs_is_the_registry() -> None:
+    """docs/checker.md lists every mutant, in registry order, with what it
+    breaks, its rule, the built-in arches it applies to, its scenario and
+    its fixing commit as the records say (``mmugather mutants --json``,
+    the built-in arches only)."""
+    from mmugather.arches import BUILTIN
+
+    from mmugather.cli.listing import MARKDOWN_COLUMNS, markdown_table
+
+    records = [m.as_json(BUILTIN) for m in MUTANTS.values()]
+    rows = _docs_table()
+    assert [c[0].strip("`") for c in rows] == list(MUTANTS)
+    keys = [key for _, key in MARKDOWN_COLUMNS]
+    for cells, record in zip(rows, records, strict=True):
+        doc = dict(zip(keys, cells, strict=True))
+        assert doc["breaks"] == record["breaks"]
+        assert doc["rule"] == f"`{record['rule']}`"
+        assert doc["arches"] == (", ".join(record["arches"]) or "no arch")
+        assert doc["scenario"] == f"`{record['scenario']}`"
+        assert doc["fixed_by"] == (record["fixed_by"] or "no single commit")
+    # And it is what the command prints, byte for byte.
+    text = CHECKER_MD.read_text()
+    shown = text[text.index("<!-- mutants:start -->\n") + 23:text.index("\n<!-- mutants:end")]
+    assert shown == markdown_table(records)
+
+
+def test_mutants_command_prints_the_docs_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from mmugather.cli.listing import markdown_table
+
+    assert cli.main(["mutants", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert out == markdown_table([m.as_json(registry()) for m in MUTANTS.values()]) + "\n"
+    assert out.splitlines()[0] == ("| mutant | what it breaks | overrides | caught by | "
+                                   "applies to | scenario | fixed by |")
+
+
+def test_every_rule_is_documented_in_the_checker_page() -> None:
+    from mmugather.core.check import RULES
+
+    text = CHECKER_MD.read_text()
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", text, re.MULTILINE))
+    assert set(RULES) <= documented, sorted(set(RULES) - documented)
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_every_mutant_is_caught_under_every_strategy_that_takes_it(

@@ -8,12 +8,16 @@ functions live in the module of the kernel file that has them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import attrs
 from mmugather.core.aspace import AddressSpace
 from mmugather.core.constants import MASK64, Geometry
 from mmugather.core.events import Emit, PageRows, page_rows
 from mmugather.core.mm import Machine, MmStruct
+
+if TYPE_CHECKING:
+    from mmugather.core.check.complete import Completeness
 
 #: The lock id of mm->page_table_lock (the lock of a huge PMD without a
 #: split PMD lock, and of hugetlb entries other than PMD size).
@@ -38,6 +42,9 @@ class ZapContext:
     #: called after each PTE table with its number of entries, for progress
     #: reports
     progress: Callable[[int], None] | None = None
+    #: the completeness rules (``mmugather run`` with the checker on):
+    #: told of each PTE table freed and each operation done
+    complete: Completeness | None = None
     geo: Geometry = attrs.field(init=False)
     emit: Emit | None = attrs.field(init=False)
     #: the per-PTE ``pte_clear`` events go through here

@@ -24,12 +24,16 @@ import attrs
 from mmugather.core.aspace import (
     F_ANON,
     F_DIRTY,
+    MM_ANONPAGES,
+    MM_FILEPAGES,
+    MM_SWAPENTS,
     PFN_BASE,
     PTE_DIRTY,
     PTE_PRESENT,
     PTE_SPECIAL,
     SWP_KIND,
     SWP_MARKER,
+    SWP_MIGRATION,
     SWP_SWAP,
     MmVma,
 )
@@ -108,6 +112,7 @@ class Memory:
         first = -1
         last = 0
         freed = 0
+        anon = 0  # of the freed pages, anonymous ones (the rss counters)
         while True:
             ent = entries[i]
             if ent:
@@ -152,6 +157,7 @@ class Memory:
                                 page_remove_rmap(pfn, False)
                                 queue_flag = 0
                         freed += 1
+                        anon += flags & F_ANON
                         if remove_page(pfn, page_size, queue_flag):
                             force_flush = queue_full = True
                             addr += page_size
@@ -166,6 +172,9 @@ class Memory:
         if last > first >= 0:
             tlb.tlb_flush_pte_range(first, last - first + page_size)
         ctx.rss_freed += freed
+        rss = ctx.aspace.rss_stat
+        rss[MM_ANONPAGES] -= anon
+        rss[MM_FILEPAGES] -= freed - anon
         self.zap_pte_end(tlb, vma.gvma, table.id, force_flush, dirty_flush, queue_full)
         if ctx.progress is not None:
             ctx.progress(len(entries))
@@ -223,6 +232,7 @@ class Memory:
             if details is not None and not details.even_cows:
                 return False
             self.swap.free_swap_and_cache(ent >> 8)
+            self.ctx.aspace.rss_stat[MM_SWAPENTS] -= 1
             emit = self.ctx.emit
             if emit is not None:
                 emit("swap_free", addr=addr, entry=ent >> 8)
@@ -230,6 +240,11 @@ class Memory:
             # uffd-wp markers: anon ones always go, file ones only when the
             # caller asks (ZAP_FLAG_DROP_MARKER).
             return anon_vma or (details is not None and details.drop_marker)
+        if kind == SWP_MIGRATION:
+            # The page under migration still counted in the rss.
+            store = self.ctx.aspace.pages
+            anon = store.flags[store.head[(ent >> 8) - PFN_BASE]] & F_ANON
+            self.ctx.aspace.rss_stat[MM_ANONPAGES if anon else MM_FILEPAGES] -= 1
         # Migration and hwpoison entries: the page is not ours any more;
         # only the entry goes.
         return True

@@ -14,6 +14,8 @@ import attrs
 from mmugather.core.aspace import (
     F_ANON,
     F_DIRTY,
+    MM_ANONPAGES,
+    MM_FILEPAGES,
     PFN_BASE,
     PTE_DIRTY,
     PTE_PRESENT,
@@ -73,6 +75,7 @@ class FolioBatchMemory(LegacyMemory):
         first = -1
         last = 0
         freed = 0
+        anon_freed = 0  # of the freed pages, anonymous ones (the rss counters)
         while True:
             ent = entries[i]
             nr = 1
@@ -127,6 +130,8 @@ class FolioBatchMemory(LegacyMemory):
                                          nr=nr)
                             folio_remove_rmap_ptes(pfn, nr)
                         freed += nr
+                        if anon:
+                            anon_freed += nr
                         if remove_folio(pfn, nr, delay_rmap):
                             force_flush = queue_full = True
                             addr += nr * page_size
@@ -141,6 +146,9 @@ class FolioBatchMemory(LegacyMemory):
         if last > first >= 0:
             tlb.tlb_flush_pte_range(first, last - first + page_size)
         ctx.rss_freed += freed
+        rss = ctx.aspace.rss_stat
+        rss[MM_ANONPAGES] -= anon_freed
+        rss[MM_FILEPAGES] -= freed - anon_freed
         self.zap_pte_end(tlb, vma.gvma, table.id, force_flush, dirty_flush, queue_full)
         if ctx.progress is not None:
             ctx.progress(len(entries))

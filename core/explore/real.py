@@ -98,7 +98,7 @@ class Setup:
                             f"(!CONFIG_SMP); scenario {sc.name!r} runs an actor on CPU {top}")
         self.geometry: Geometry = self.template.geometry
         self.page_size = self.geometry.page_size
-        check_geometry(sc.base, self.geometry)
+        check_geometry(sc.base, self.geometry, self.spec.name)
         self.nr_cpus = self.template.cpus.nr_cpus
         self.all_cpus = (1 << self.nr_cpus) - 1
         self.zaps: tuple[ActorSpec, ...] = tuple(a for a in sc.actors if a.kind == "zap")
