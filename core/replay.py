@@ -8,7 +8,8 @@ run, here, so bad input writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterable
 from typing import IO, Any, NoReturn
 
 import attrs
@@ -58,6 +59,8 @@ from mmugather.core.replay_input import (
     TABLE,
     WHAT,
     Compiled,
+    Op,
+    Program,
     ReplayError,
     parse,
     parse_file,
@@ -69,9 +72,9 @@ __all__ = [
     "C_DISCARD", "C_END_VMA", "C_ENTRY", "C_FAIL", "C_FINISH", "C_FLUSH", "C_FLUSH_RMAPS",
     "C_FREE_P4D", "C_FREE_PMD", "C_FREE_PTE", "C_FREE_PUD", "C_GATHER", "C_HUGE_ENTRY",
     "C_PMD_ENTRY", "C_PUD_ENTRY", "C_QUEUE", "C_RCU", "C_REMOVE_PAGE", "C_START_VMA",
-    "C_TLBONLY", "FLAGS", "HUGE_SIZE", "ID", "OPS", "SIZE", "TABLE", "WHAT", "Compiled",
-    "ReplayError", "ReplayResult", "parse", "parse_file", "parse_line", "replay_file", "run",
-    "write_events_to",
+    "C_TLBONLY", "FLAGS", "HUGE_SIZE", "ID", "OPS", "SIZE", "TABLE", "WHAT", "Compiled", "Op",
+    "Program", "ReplayError", "ReplayResult", "parse", "parse_file", "parse_line", "replay_file",
+    "run", "write_events_to",
 ]
 
 
@@ -82,14 +85,16 @@ class ReplayResult:
     bug_line: int | None = None
 
 
-def run(compiled: list[Compiled], machine: Machine, *, check: bool = False) -> ReplayResult:
-    """Replay compiled ops on ``machine``; stops at a VM_BUG_ON.
+def run(compiled: Iterable[Compiled], machine: Machine, *, check: bool = False) -> ReplayResult:
+    """Replay compiled ops (a :class:`Program`, or :data:`Compiled` tuples)
+    on ``machine``; stops at a VM_BUG_ON.
 
     With ``check``, entry clears and table frees are reported as the callers'
     ``pte_clear``/``table_unhook`` events, for the invariant checker.
     """
     if check:
         return _run_checked(compiled, machine)
+    program = Program.of(compiled)
     mm = MmStruct()
     emit: Emit | None = machine.emit
     # Written straight to a direct JSON Lines log: the ``return`` lines of
@@ -103,26 +108,29 @@ def run(compiled: list[Compiled], machine: Machine, *, check: bool = False) -> R
     entry: Callable[[int], None] = _outside_gather
     remove: Callable[[int, int, int], bool] = _outside_gather
     done = 0
-    line = 0
+    # What exists before the run (the program above all) is not the
+    # collector's business while it runs: the run's own objects are freed
+    # by reference counting.
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
     try:
-        for line, code, op, a, b, c in compiled:  # noqa: B007 - line is read on a bug
+        for code, op, a, b, c in program.ops:
             if code == C_ENTRY:
                 entry(a)
             elif code == C_QUEUE:
                 full = remove(a, b, c)
-                if emit is not None:
-                    if queue_lines is not None and (full is False or full is True):
-                        write(queue_lines[full])  # type: ignore[misc]
-                    else:
-                        emit("return", op=op, value=full)
+                if write is not None and (full is False or full is True):
+                    write(queue_lines[full])  # type: ignore[index]
+                elif emit is not None:
+                    emit("return", op=op, value=full)
             elif code == C_BATCH_RMAP:
                 # Outside a gather, ask the arch the way a fresh gather would.
                 value = tlb.batch_rmap if tlb is not None else _batch_rmap(machine, mm)
-                if emit is not None:
-                    if query_lines is not None and (value is False or value is True):
-                        write(query_lines[value])  # type: ignore[misc]
-                    else:
-                        emit("return", op=op, value=value)
+                if write is not None and (value is False or value is True):
+                    write(query_lines[value])  # type: ignore[index]
+                elif emit is not None:
+                    emit("return", op=op, value=value)
             elif code == C_FLUSH_RMAPS:
                 tlb.tlb_flush_rmaps(a)  # type: ignore[union-attr]
             elif code == C_DISCARD:
@@ -166,7 +174,10 @@ def run(compiled: list[Compiled], machine: Machine, *, check: bool = False) -> R
                 machine.fail_alloc(a, b)
             done += 1
     except KernelBug as bug:
-        return ReplayResult(ops=done, bug=bug.what, bug_line=line)
+        return ReplayResult(ops=done, bug=bug.what, bug_line=program.line(done))
+    finally:
+        if freeze:
+            gc.unfreeze()
     return ReplayResult(ops=done)
 
 
@@ -205,7 +216,7 @@ _CLEAR_LEVEL = {C_ENTRY: "pte", C_PMD_ENTRY: "pmd", C_PUD_ENTRY: "pud", C_HUGE_E
 _FREE_LEVEL = {C_FREE_PTE: "pte", C_FREE_PMD: "pmd", C_FREE_PUD: "pud", C_FREE_P4D: "p4d"}
 
 
-def _run_checked(compiled: list[Compiled], machine: Machine) -> ReplayResult:
+def _run_checked(compiled: Iterable[Compiled], machine: Machine) -> ReplayResult:
     """The replay with the callers' events the checker needs added: a slower
     loop, kept apart so that the plain replay stays lean."""
     emit = machine.emit

@@ -1,9 +1,10 @@
 """The replay parser's fast validators, generated from the op table.
 
 For every op of :data:`mmugather.core.replay_input.TABLE` one small
-function, ``check(obj, line)``, takes the dict ``orjson`` made of a line and
-returns the compiled tuple, exactly what the careful path
-(:func:`~mmugather.core.replay_input.parse_line`) would return, or None to
+function, ``check(obj)``, takes the dict ``orjson`` made of a line and
+returns the compiled op, exactly what the careful path
+(:func:`~mmugather.core.replay_input.parse_line`) would return but for the
+line number, or None to
 hand the line to the careful path: for anything unusual (a missing or
 unknown field, a wrong type, a value out of range) and for every error, so
 that each message is written in one place only.
@@ -30,13 +31,13 @@ from mmugather.core.replay_input import (
     PAGE_SIZE,
     TABLE,
     WHAT,
-    Compiled,
+    Op,
     OpSpec,
     check_field,
 )
 from mmugather.core.vma import FLAG_NAMES, Vma
 
-Validator = Callable[[dict[str, Any], int], "Compiled | None"]
+Validator = Callable[[dict[str, Any]], "Op | None"]
 
 _MISSING = object()
 _hex_match = HEX.fullmatch
@@ -127,8 +128,8 @@ def source(op: str, page_size: int = 4096) -> str:
         else:
             args.append(names[name])
     args += ["None"] * (3 - len(args))
-    body.append(f"return (line, {spec.code}, {op!r}, {', '.join(args)})")
-    return "def check(obj, line):\n" + "".join(f"    {line}\n" for line in body)
+    body.append(f"return ({spec.code}, {op!r}, {', '.join(args)})")
+    return "def check(obj):\n" + "".join(f"    {line}\n" for line in body)
 
 
 _cache: dict[int, dict[str, Validator]] = {}

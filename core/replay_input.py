@@ -17,10 +17,12 @@ line), then checks that ops stand inside gathers.
 
 from __future__ import annotations
 
+import bisect
+import gc
 import json
 import re
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Final, overload
 
 import attrs
 import orjson
@@ -89,7 +91,9 @@ class OpSpec:
     anywhere: bool = False
 
 
-# Compiled op codes, roughly by frequency (the run loop tests in this order).
+# Compiled op codes, roughly by frequency (the run loop tests in this order);
+# tlb_gather_mmu and tlb_finish_mmu come after every op of a gather's
+# inside (parse() relies on it).
 (
     C_ENTRY,
     C_QUEUE,
@@ -167,6 +171,83 @@ ANYWHERE: Final = frozenset(op for op, spec in TABLE.items() if spec.anywhere)
 
 #: A compiled op: (line, code, op name, a, b, c)
 Compiled = tuple[int, int, str, Any, Any, Any]
+#: A compiled op without its line: (code, op name, a, b, c)
+Op = tuple[int, str, Any, Any, Any]
+
+
+class Program(Sequence[Compiled]):
+    """A compiled replay file: its ops as ``(code, op name, a, b, c)``
+    tuples, one tuple shared by identical lines, and their line numbers as
+    runs of consecutive lines (a run starts only after a blank or comment
+    line).  As a sequence it holds :data:`Compiled` tuples; the run loop
+    reads ``ops`` and looks up a line only to report a bug.  A million ops
+    take about half the memory of the tuples with their line numbers."""
+
+    __slots__ = ("ops", "runs")
+
+    def __init__(self, ops: list[Op] | None = None,
+                 runs: list[tuple[int, int]] | None = None) -> None:
+        self.ops: list[Op] = [] if ops is None else ops
+        #: (index of an op, its line) where a run of consecutive lines starts
+        self.runs: list[tuple[int, int]] = [(0, 1)] if runs is None else runs
+
+    @classmethod
+    def of(cls, compiled: Iterable[Compiled]) -> Program:
+        """A program of :data:`Compiled` tuples (as :func:`parse_line` gives them)."""
+        if isinstance(compiled, Program):
+            return compiled
+        program = cls(runs=[])
+        for line, *op in compiled:
+            program.append_at(tuple(op), line)  # type: ignore[arg-type]
+        return program
+
+    def append_at(self, op: Op, line: int) -> None:
+        index = len(self.ops)
+        if not self.runs or line != self.line(index - 1) + 1:
+            self.runs.append((index, line))
+        self.ops.append(op)
+
+    def line(self, index: int) -> int:
+        """The line of the op at ``index``."""
+        if index < 0:
+            index += len(self.ops)
+        runs = self.runs
+        start, line = runs[bisect.bisect_right(runs, (index, 1 << 62)) - 1]
+        return line + index - start
+
+    @property
+    def lines(self) -> list[int]:
+        return [self.line(i) for i in range(len(self.ops))]
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    @overload
+    def __getitem__(self, index: int) -> Compiled: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Program: ...
+
+    def __getitem__(self, index: int | slice) -> Compiled | Program:
+        if isinstance(index, slice):
+            return Program.of(list(self)[index])
+        return (self.line(index), *self.ops[index])
+
+    def __iter__(self) -> Iterator[Compiled]:
+        for index, op in enumerate(self.ops):
+            yield (self.line(index), *op)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Program):
+            return self.ops == other.ops and self.lines == other.lines
+        if isinstance(other, list):
+            return list(self) == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Program({len(self)} ops)"
 
 
 def build(line: int, op: str, spec: OpSpec, values: dict[str, Any]) -> Compiled:
@@ -374,73 +455,107 @@ _REPEATING = frozenset(
 )
 
 
-def parse(lines: Iterator[bytes], path: str, page_size: int) -> list[Compiled]:
-    """Validate a whole replay file and compile it; raises ReplayError.
+def parse(lines: Iterable[bytes], path: str, page_size: int) -> Program:
+    """Validate a whole replay file and compile it; raises ReplayError
+    (:func:`_parse`)."""
+    # The compiled ops hold no reference cycles: the cyclic collector would
+    # only walk them again and again while the list grows.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse(lines, path, page_size)
+    finally:
+        if gc.get_freeze_count() == 0:
+            # Straight to the oldest generation, unscanned: left young, they
+            # would be walked by the next collection, a million at once.
+            gc.freeze()
+            gc.unfreeze()
+        if enabled:
+            gc.enable()
 
-    Every line goes to ``orjson`` first, and what it gives to the op's fast
-    validator; a line either of them turns down (blank, comment, an error,
-    anything unusual) goes the careful way, which compiles it the same or
-    gives the reason.  A line seen before whose op has no per-page field
-    (``{"op": "tlb_batch_rmap"}``) is looked up, not parsed again.
+
+def _parse(lines: Iterable[bytes], path: str, page_size: int) -> Program:
+    """The parse of a whole file.
+
+    ``lines`` may keep their line ends.  Every line goes to ``orjson`` first,
+    and what it gives to the op's fast validator; a line either of them
+    turns down (blank, comment, an error, anything unusual) goes the careful
+    way, which compiles it the same or gives the reason.  A line seen before
+    whose op has no per-page field (``{"op": "tlb_batch_rmap"}``) is looked
+    up, not parsed again, and shares its compiled tuple.
     """
     from mmugather.core.replay_fast import validators
 
     fast = validators(page_size)
-    seen: dict[bytes, tuple[int, str, Any, Any, Any]] = {}
+    seen: dict[bytes, Op] = {}
+    seen_get = seen.get
     loads = orjson.loads
-    not_json = orjson.JSONDecodeError
     repeating = _REPEATING
-    out: list[Compiled] = []
-    append = out.append
+    c_gather = C_GATHER
+    program = Program()
+    ops = program.ops
+    append = ops.append
+    runs = program.runs
     gather_line: int | None = None
-    for lineno, raw in enumerate(lines, 1):
-        rest = seen.get(raw)
-        compiled: Compiled | None
-        if rest is not None:
-            compiled = (lineno, *rest)
-        else:
-            compiled = None
+    # Line numbers are needed only now and then: counted from the ops so
+    # far and the lines skipped.
+    skipped = 0
+    for raw in lines:
+        op = seen_get(raw)
+        if op is None:
             try:
                 obj = loads(raw)
-            except not_json:
-                obj = None
-            if type(obj) is dict:
-                op = obj.get("op")
-                check = fast.get(op) if type(op) is str else None
-                if check is not None:
-                    compiled = check(obj, lineno)
-                    if compiled is not None and compiled[1] in repeating:
-                        seen[raw] = compiled[1:]
-            if compiled is None:
+                op = fast[obj["op"]](obj)
+            except (ValueError, KeyError, TypeError):
+                # Not JSON (orjson's error is a ValueError), not an object,
+                # no op or an unknown one: the careful path says which.
+                op = None
+            if op is None:
+                lineno = len(ops) + skipped + 1
                 compiled = parse_line(raw, lineno, path, page_size)
                 if compiled is None:
+                    # A skipped line: the next op starts a run of lines.
+                    skipped += 1
+                    if runs[-1][0] == len(ops):
+                        runs.pop()
+                    runs.append((len(ops), lineno + 1))
                     continue
-        code = compiled[1]
-        if code == C_GATHER:
-            if gather_line is not None:
+                op = compiled[1:]  # type: ignore[assignment]
+            elif op[0] in repeating:
+                seen[raw] = op
+        code = op[0]
+        # Inside a gather any op below C_GATHER may stand: only ops outside
+        # one, and the gather's own two, need a closer look.
+        if gather_line is None or code >= c_gather:
+            lineno = len(ops) + skipped + 1
+            if code == C_GATHER:
+                if gather_line is not None:
+                    raise ReplayError(
+                        path, lineno,
+                        f"tlb_gather_mmu inside the gather opened at line {gather_line}"
+                        " (gathers do not nest)",
+                    )
+                gather_line = lineno
+            elif code == C_FINISH:
+                if gather_line is None:
+                    raise ReplayError(path, lineno, "tlb_finish_mmu outside a gather")
+                gather_line = None
+            elif gather_line is None and op[1] not in ANYWHERE:
                 raise ReplayError(
-                    path, lineno, f"tlb_gather_mmu inside the gather opened at line {gather_line}"
-                    " (gathers do not nest)"
+                    path, lineno, f"{op[1]} outside a gather (no tlb_gather_mmu before it)"
                 )
-            gather_line = lineno
-        elif code == C_FINISH:
-            if gather_line is None:
-                raise ReplayError(path, lineno, "tlb_finish_mmu outside a gather")
-            gather_line = None
-        elif gather_line is None and compiled[2] not in ANYWHERE:
-            raise ReplayError(
-                path, lineno, f"{compiled[2]} outside a gather (no tlb_gather_mmu before it)"
-            )
-        append(compiled)
-    return out
+        append(op)
+    return program
 
 
-def parse_file(path: str, page_size: int) -> list[Compiled]:
+def parse_file(path: str, page_size: int) -> Program:
+    """Validate and compile the replay file ``path``; raises ReplayError."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        # Read a line at a time: the whole file in memory as well as the
+        # ops would cost page faults, not only memory.
+        with open(path, "rb", buffering=1 << 16) as f:
+            if f.peek(3)[:3] == b"\xef\xbb\xbf":  # type: ignore[attr-defined]
+                f.read(3)  # a UTF-8 byte-order mark, as some editors write
+            return parse(f, path, page_size)
     except OSError as exc:
         raise ReplayError(path, None, f"cannot read: {exc.strerror or exc}") from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]  # a UTF-8 byte-order mark, as some editors write
-    return parse(iter(data.split(b"\n")), path, page_size)
