@@ -27,7 +27,7 @@ from mmugather.core.replay import parse, parse_file, run
 from mmugather.core.run import run_arch
 from mmugather.core.scenario import builtin_names, load_builtin
 
-from mmugather.cli.bench import generate_ops
+from mmugather.cli.bench_ops import generate_ops
 
 DATA = Path(__file__).parent / "data" / "replay"
 EXAMPLES = sorted(DATA.glob("*/*.ops.jsonl"))

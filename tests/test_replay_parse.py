@@ -32,7 +32,7 @@ from mmugather.core.replay import (
 )
 from mmugather.core.replay_fast import source, validators
 
-from mmugather.cli.bench import generate_ops
+from mmugather.cli.bench_ops import generate_ops
 
 PS = 4096
 GATHER = b'{"op":"tlb_gather_mmu"}'
