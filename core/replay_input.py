@@ -303,7 +303,11 @@ def cut(text: str) -> str:
 
 def show(value: Any) -> str:
     """A value as an error message quotes it: its repr, cut."""
-    return cut(repr(value))
+    try:
+        text = repr(value)
+    except RecursionError:  # nested about as deep as json reads
+        return f"({type_name(value)} nested too deeply to show)"
+    return cut(text)
 
 
 def type_name(value: Any) -> str:

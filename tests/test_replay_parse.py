@@ -431,3 +431,11 @@ def test_a_bug_reports_the_line_of_its_op(tmp_path: Path) -> None:
     # The same, given as plain tuples.
     m, _c = machine("generic-smp")
     assert run(list(program), m) == result
+
+
+def test_a_value_too_deep_to_show_is_named_not_shown() -> None:
+    assert replay_input.show([1]) == "[1]"
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert replay_input.show(deep) == "(a list nested too deeply to show)"
