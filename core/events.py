@@ -19,7 +19,7 @@ from typing import IO, Any, Literal, Protocol
 import structlog
 
 #: Bumped on any change to an event's name or fields.
-EVENTS_VERSION = 3
+EVENTS_VERSION = 4
 
 #: The events the replay contract (replay-v1) fixes.
 CONTRACT_EVENTS = frozenset(
@@ -73,6 +73,7 @@ CALLER_EVENTS = frozenset(
         "large_folio_rmap",
         "rmap_remove_ptes",
         "force_flush",
+        "flush_tlb_batched_pending",
         "violation",
     }
 )

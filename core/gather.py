@@ -500,6 +500,12 @@ class MmuGather:
         if self.model is not None:
             self.model.gather_remove_rmaps(pages, vma)
 
+    def flush_tlb_batched_pending(self) -> None:
+        """flush_tlb_batched_pending(tlb->mm): called with a PTE table's lock
+        held, settle any TLB flush reclaim deferred for this mm (the hook of
+        that name; nothing where the arch does not batch them)."""
+        self.hook.flush_tlb_batched_pending(tlb=self)
+
     # ------------------------------------------------------------------
     # Page tables
     # ------------------------------------------------------------------

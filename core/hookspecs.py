@@ -212,6 +212,32 @@ def tlb_discard_rmaps(tlb: MmuGather) -> bool:
 
 
 # --------------------------------------------------------------------------
+# Per PTE table, under its lock
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def flush_tlb_batched_pending(tlb: MmuGather) -> bool:
+    """Settle a TLB flush that reclaim still owes ``tlb.mm``
+    (``flush_tlb_batched_pending()`` of mm/rmap.c).
+
+    Reclaim's batched unmap (``try_to_unmap()`` with TTU_BATCH_FLUSH)
+    clears PTEs under the page-table lock and defers their flush; it counts
+    the deferral in ``tlb.mm.tlb_flush_batched``.  A zap that then finds
+    those PTEs already clear has nothing of its own to flush, yet must not
+    return while a CPU may still use the entries reclaim cleared
+    (3ea277194daa).  So ``zap_pte_range()`` calls this right after it takes
+    the PTE table's lock (the lock reclaim held): if a flush is owed, flush
+    the whole mm and clear the count.  Once per PTE table.
+
+    *firstresult*; return ``True``.  Generic: nothing (no arch batches
+    reclaim's flushes).  **Overridden by**: ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH
+    (``flush_tlb_mm()`` and clear the count); x86-64, the one arch that
+    selects it in v6.5, with its own ``flush_tlb_mm()``.
+    """
+
+
+# --------------------------------------------------------------------------
 # VMA boundaries
 # --------------------------------------------------------------------------
 

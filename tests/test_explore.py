@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 from mmugather.core import gather
 from mmugather.core.explore import Config, Engine, explore, spec
@@ -119,15 +120,32 @@ def test_dontneed_racing_munmap_is_safe() -> None:
     assert run("dontneed-munmap").counterexample is None
 
 
-def test_reclaim_batched_flush_needs_flush_tlb_batched_pending() -> None:
-    """3ea277194daa: munmap() finds reclaim's swap entry, has nothing of its
-    own to flush and returns while reclaim's flush is still owed.  The
-    callers have no flush_tlb_batched_pending() yet: the race is there."""
-    ce = run("reclaim-munmap").counterexample
+def test_reclaim_batched_flush_is_settled_by_flush_tlb_batched_pending() -> None:
+    """3ea277194daa: on x86-64 reclaim defers its flush; munmap() finds the
+    swap entry, but zap_pte_range() settles reclaim's flush under the PTE
+    lock before it goes on.  Without that (the mutant) munmap() returns
+    while CPU 1 still stores through the entry reclaim cleared."""
+    assert run("reclaim-munmap", "x86-64").counterexample is None
+    ce = run("reclaim-munmap", "x86-64", mutant="no-flush-batched-pending").counterexample
     assert ce.prop == "stale-after-return"
     seq = events_of(ce)
     assert seq.index(("reclaim0", "reclaim_unmap")) < seq.index(("zap0", "syscall_return"))
     assert ("reclaim0", "reclaim_flush") not in seq
+    assert ("zap0", "flush_tlb_batched_pending") not in seq
+
+
+def test_reclaim_defers_only_where_the_arch_batches() -> None:
+    """Elsewhere reclaim flushes at once; told to defer on an arch without
+    flush_tlb_batched_pending() (a what-if), the race is back."""
+    ok = run("reclaim-munmap", "generic-smp")
+    assert ok.counterexample is None
+    sc = spec.load_builtin("reclaim-munmap")
+    actors = tuple(attrs.evolve(a, batched_flush=True) if a.kind == "reclaim" else a
+                   for a in sc.actors)
+    ce = explore(Config(attrs.evolve(sc, actors=actors), "generic-smp")).counterexample
+    assert ce.prop == "stale-after-return"
+    assert not any(ev["event"] == "flush_tlb_batched_pending" for s in ce.steps
+                   for ev in s.events)
 
 
 def test_hugetlb_unshare_scenario_runs_without_sharing() -> None:

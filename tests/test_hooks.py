@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 from mmugather.core import strategies
 from mmugather.core.arch import ArchError, ArchRegistry, ArchSpec, make_machine
+from mmugather.core.callers import make_callers
 from mmugather.core.events import Collector, make_emit
 from mmugather.core.gather import MmuGather, tlb_gather_mmu, tlb_gather_mmu_fullmm
 from mmugather.core.hookspecs import hookimpl
 from mmugather.core.mm import Machine, MmStruct
+from mmugather.core.scenario import build
 from mmugather.core.table import MmuTableBatch
 from mmugather.core.vma import VM_EXEC, VM_PFNMAP, Vma
+from teardown_kit import parse
 
 VMA = Vma(0x400000, 0x600000)
 PAGE = 4096
@@ -543,3 +546,52 @@ def test_tlb_free_batch_generic_chunks_and_ranges_frees_ranges() -> None:
         {"ranges": [[5, 1], [6, 1], [7, 1]], "event": "free_ranges"}
     ]
     assert not collector.named("free_pages")
+
+
+def test_flush_tlb_batched_pending_settles_reclaims_flush() -> None:
+    """Hook ``flush_tlb_batched_pending``: nothing where the arch does not
+    batch reclaim's flushes; ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH flushes the
+    whole mm once and clears the debt; x86-64 with its own flush_tlb_mm();
+    zap_pte_range() asks right after taking each table's lock."""
+    def machine_of(arch: str | ArchSpec) -> tuple[Machine, Collector]:
+        collector = Collector()
+        emit = make_emit(observers=[collector])
+        return make_machine(arch, emit=emit, hw_emit=emit), collector
+
+    machine, collector = machine_of("generic-smp")
+    mm = MmStruct(tlb_flush_batched=2)
+    tlb_gather_mmu(machine, mm).flush_tlb_batched_pending()
+    assert mm.tlb_flush_batched == 2 and collector.events[-1]["event"] == "gather_begin"
+
+    toy = ArchSpec(name="toy", description="", features=("SMP",
+                                                          "ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH"))
+    machine, collector = machine_of(toy)
+    mm = MmStruct(tlb_flush_batched=2)
+    tlb = tlb_gather_mmu(machine, mm)
+    tlb.flush_tlb_batched_pending()
+    tlb.flush_tlb_batched_pending()
+    assert mm.tlb_flush_batched == 0
+    assert [(e["event"], e.get("batched"), e.get("op")) for e in collector.events[1:]] == [
+        ("flush_tlb_batched_pending", 2, None), ("tlb_invalidate", None, "flush_tlb_mm")]
+
+    machine, collector = machine_of("x86-64")
+    mm = MmStruct.on(machine.cpus)
+    mm.tlb_flush_batched = 1
+    tlb = tlb_gather_mmu(machine, mm)
+    tlb.flush_tlb_batched_pending()
+    inv = collector.named("tlb_invalidate")
+    assert [(e["op"], e["cpus"], e["walk"], e["waits"]) for e in inv] == [
+        ("flush_tlb_local (cr3)", [0, 1], "asid", True)]
+    assert mm.tlb_flush_batched == 0 and not collector.named("tlb_flush")
+
+    # In zap_pte_range(), under the table's lock, before the first PTE.
+    machine, collector = machine_of("x86-64")
+    sc = parse([{"start": 0x400000, "end": 0x402000, "populate": [{"pages": 2}]}],
+               [{"kind": "munmap", "start": 0x400000, "end": 0x402000}])
+    callers = make_callers(build(sc, machine.geometry), machine)
+    callers.ctx.mm.tlb_flush_batched = 1
+    callers.mmap.munmap(0x400000, 0x402000)
+    seq = names(collector)
+    lock = seq.index("ptl_lock")
+    assert seq[lock + 1:lock + 3] == ["flush_tlb_batched_pending", "tlb_invalidate"]
+    assert seq.index("pte_clear") > lock + 2 and seq.count("flush_tlb_batched_pending") == 1

@@ -267,7 +267,9 @@ def test_mutants_command_lists_each_mutant_and_its_rule(
     assert cli.main(["mutants"]) == 0
     out = capsys.readouterr().out
     for m in MUTANTS.values():
-        assert f"{m.name}\n    {m.description}\n    caught by: {m.rule} ({RULES[m.rule]})" in out
+        caught = (f"    caught by: {m.rule} ({RULES[m.rule]}), mmugather run {m.scenario}"
+                  if m.rule else f"    explorer: {m.prop}, mmugather explore {m.explore}")
+        assert f"{m.name}\n    {m.description}\n{caught}\n" in out
 
 
 def test_scenarios_command_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> None:

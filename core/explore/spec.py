@@ -71,8 +71,9 @@ class ActorSpec:
     addr: int = 0
     #: gup_fast: FOLL_WRITE
     write: bool = False
-    #: reclaim: TTU_BATCH_FLUSH defers the flush (ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH)
-    batched_flush: bool = True
+    #: reclaim: TTU_BATCH_FLUSH defers the flush (None: where the arch selects
+    #: ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH, as v6.5 does)
+    batched_flush: bool | None = None
     #: allocator: what it hands out again, and how many times
     reuse: str = "any"
     count: int = 1
@@ -192,9 +193,9 @@ def parse_explore(data: dict[str, Any], path: str, page_size: int = 4096) -> Exp
             fields["addr"] = _addr(path, f"{key}.addr", raw["addr"], page_size)
             if kind == "gup_fast":
                 fields["write"] = _bool(path, f"{key}.write", raw.get("write", False))
-            if kind == "reclaim":
+            if kind == "reclaim" and "batched_flush" in raw:
                 fields["batched_flush"] = _bool(path, f"{key}.batched_flush",
-                                                raw.get("batched_flush", True))
+                                                raw["batched_flush"])
         else:
             fields["reuse"] = _choice(path, f"{key}.reuse", raw.get("reuse", "any"), REUSE)
             fields["count"] = _int(path, f"{key}.count", raw.get("count", 1), 1, 64)

@@ -33,6 +33,7 @@ from mmugather.mutants import (
     flush_rmaps_after_unlock,
     free_before_flush,
     no_discard_rmaps,
+    no_flush_batched_pending,
     rmap_before_flush,
     x86_pmd_stride,
 )
@@ -55,6 +56,7 @@ MODULES: tuple[ModuleType, ...] = (
     arm64_ttl_off,
     arm64_range_round_down,
     arm64_no_rcu_table_free,
+    no_flush_batched_pending,
 )
 
 MUTANTS: dict[str, Mutant] = {m.MUTANT.name: m.MUTANT for m in MODULES}
