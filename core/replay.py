@@ -265,7 +265,9 @@ def parse_line(raw: bytes, lineno: int, path: str, page_size: int) -> Compiled |
         raise ReplayError(path, lineno, f"field 'op' must be a string, not {_type_name(op)}")
     spec = OPS.get(op)
     if spec is None:
-        raise ReplayError(path, lineno, f"unknown op {op!r}")
+        # An error line never echoes a megabyte of input.
+        shown = repr(op) if len(op) <= 80 else f"{op[:80]!r}... ({len(op):,} characters)"
+        raise ReplayError(path, lineno, f"unknown op {shown}")
     args: dict[str, Any] = {}
     for key, value in obj.items():
         if key == "op":
@@ -365,8 +367,10 @@ def parse(lines: Iterator[bytes], path: str, page_size: int) -> list[Compiled]:
             shape = int_tails.get(head)
             if shape is not None and tail[-1:] == b"}":
                 digits = tail[:-1]
-                # JSON digits: no sign, no leading zero, no fraction.
-                if digits.isdigit() and (digits[0] != 0x30 or len(digits) == 1):
+                # JSON digits: no sign, no leading zero, no fraction; more
+                # than 20 cannot fit 64 bits and go the slow way.
+                if digits.isdigit() and len(digits) <= 20 and (
+                        digits[0] != 0x30 or len(digits) == 1):
                     code, op, lo, hi, b, c = shape
                     value = int(digits)
                     if lo <= value <= hi:
