@@ -189,6 +189,10 @@ class AddressSpace:
     next_swap: int = 1
     #: table id -> (level, address) for every live table
     tables: dict[int, tuple[str, int]] = attrs.Factory(dict)
+    #: hugetlb PMD tables shared with other processes: table id -> users
+    #: (the table page's reference count in v6.5; a table not listed has
+    #: this mm alone)
+    pmd_share: dict[int, int] = attrs.Factory(dict)
 
     # --- geometry shortcuts -------------------------------------------------
 

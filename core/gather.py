@@ -157,7 +157,7 @@ class MmuGather:
         if self.finished:
             raise GatherError("tlb_finish_mmu() on a finished gather")
         if nested is None:
-            nested = self.mm.tlb_flush_pending > 1
+            nested = self.mm_tlb_flush_nested()
         if nested:
             self.tlb_finish_nested()
         self.tlb_flush_mmu()
@@ -167,6 +167,11 @@ class MmuGather:
         self.machine.stale_vma_flags = (self.vma_exec, self.vma_huge, self.vma_pfn)
         if self.emit is not None:
             self.emit("gather_end", nested=nested)
+
+    def mm_tlb_flush_nested(self) -> bool:
+        """mm_tlb_flush_nested(): another gather is in flight on this mm
+        (its tlb_flush_pending count is above this gather's own 1)."""
+        return self.mm.tlb_flush_pending > 1
 
     def tlb_finish_nested(self) -> None:
         """tlb_finish_mmu() when mm_tlb_flush_nested(): the final flush

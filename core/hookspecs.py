@@ -237,6 +237,21 @@ def flush_tlb_batched_pending(tlb: MmuGather) -> bool:
     """
 
 
+@hookspec(firstresult=True)
+def huge_pmd_unshare_sync(tlb: MmuGather) -> bool:
+    """``huge_pmd_unshare()`` cleared this mm's PUD entry to a hugetlb PMD
+    table shared with another process and is about to drop its reference
+    on the table (``mm/hugetlb.c``): the last moment to make sure no
+    lockless walker (gup_fast, interrupts off) that read the old PUD entry
+    is still inside the table, which the other process may own, change or
+    free as soon as the reference is gone.
+
+    *firstresult*; return ``True``.  Generic (v6.5): nothing.
+    **Overridden by**: the fix 1013af4f585f (``core/fixes.py``):
+    ``tlb_remove_table_sync_one()``.
+    """
+
+
 # --------------------------------------------------------------------------
 # VMA boundaries
 # --------------------------------------------------------------------------

@@ -88,6 +88,27 @@ def test_mutants_apply_where_the_docs_say() -> None:
         "arm64-ttl-off": [],
         "arm64-range-round-down": [],
         "arm64-no-rcu-table-free": [],
+        # the real arches' Kconfig: x86-64 alone batches reclaim's flushes
+        # and merges VMAs without s390's IPTE; the leaf flush that keeps the
+        # walk caches is arm64's and powerpc's; x86-64 and arm64 share PMDs
+        "no-flush-batched-pending": [],
+        "nested-drops-freed-tables": [],
+        "pfnmap-no-flush": [],
+        "unshare-no-flush": [],
+        "no-nested-flush": list(ARCHES),
+        "thp-rmap-after-unlock": list(ARCHES),
+        "ceiling-next-end": list(ARCHES),
+        "no-pmd-revisit": ["generic-smp", "up", "page-size", "rcu-table-free"],
+        "free-before-flush-rmaps": list(BATCHING),
+    }
+    real = ("x86-64", "arm64", "arm64-tlbirange", "powerpc-radix")
+    assert {name: [a for a in real if MUTANTS[name].applies(spec(a))]
+            for name in ("no-flush-batched-pending", "nested-drops-freed-tables",
+                         "pfnmap-no-flush", "unshare-no-flush")} == {
+        "no-flush-batched-pending": ["x86-64"],
+        "nested-drops-freed-tables": ["arm64", "arm64-tlbirange", "powerpc-radix"],
+        "pfnmap-no-flush": ["x86-64", "powerpc-radix"],
+        "unshare-no-flush": ["x86-64", "arm64", "arm64-tlbirange"],
     }
     arm64 = ["arm64", "arm64-tlbirange"]
     assert {name: [a for a in (*ARCHES, *arm64, "powerpc-radix") if m.applies(spec(a))]

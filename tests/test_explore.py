@@ -8,7 +8,6 @@ from typing import Any
 
 import attrs
 import pytest
-from mmugather.core import gather
 from mmugather.core.explore import Config, Engine, explore, spec
 from mmugather.core.explore.search import exhaustive, random_walks
 from mmugather.core.explore.track import Recorder, TrackedArray, tracked_mm
@@ -98,22 +97,19 @@ def test_the_seed_frees_no_table_under_gup_fast(arch: str) -> None:
     assert run("munmap-gup", arch).counterexample is None
 
 
-def test_concurrent_dontneed_needs_mm_tlb_flush_nested(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_dontneed_needs_mm_tlb_flush_nested() -> None:
     """99baac21e458: the second MADV_DONTNEED finds the PTE clear; v6.5's
     tlb_finish_mmu() flushes all the same (another gather is in flight).
-    Without that, it returns while CPU 2 may still use the entry."""
+    Without that (the mutant), it returns while CPU 2 may still use the
+    entry."""
     assert run("dontneed-race").counterexample is None
-    finish = gather.MmuGather.tlb_finish_mmu
-
-    def no_nested(self: gather.MmuGather, nested: bool | None = None) -> None:
-        finish(self, False if nested is None else nested)
-
-    monkeypatch.setattr(gather.MmuGather, "tlb_finish_mmu", no_nested)
-    ce = run("dontneed-race").counterexample
+    ce = run("dontneed-race", mutant="no-nested-flush").counterexample
     assert ce.prop == "stale-after-return"
     assert ce.message == ("CPU 2 still reaches page 0x100000 at 0x30000000 through a TLB entry "
                           "that was stale when the unmap of [0x30000000, 0x30001000) returned "
                           "to user space")
+    ends = [ev for s in ce.steps for ev in s.events if ev["event"] == "gather_end"]
+    assert ends and not any(ev["nested"] for ev in ends)
 
 
 def test_dontneed_racing_munmap_is_safe() -> None:
@@ -148,10 +144,25 @@ def test_reclaim_defers_only_where_the_arch_batches() -> None:
                    for ev in s.events)
 
 
-def test_hugetlb_unshare_scenario_runs_without_sharing() -> None:
+def test_hugetlb_unshare_races_gup_fast_where_the_flush_does_not_wait() -> None:
+    """1013af4f585f: on arm64 huge_pmd_unshare() drops its reference while
+    gup_fast (interrupts off) is inside the shared table, and the other
+    process makes it its own; the fix waits for the walker first.  x86-64's
+    flush IPI waits for it anyway; an arch that shares no PMD table has no
+    other process."""
+    ce = run("hugetlb-unshare-gup", "arm64").counterexample
+    assert ce.prop == "lockless-walk-freed-table"
+    assert ce.message.startswith("gup_fast on CPU 1 (interrupts off) is inside pmd table ")
+    assert ce.message.endswith(", which is another process's own page table now")
+    seq = events_of(ce)
+    assert seq.index(("gup_fast0", "gup_walk")) < seq.index(("zap0", "pmd_unshare")) < \
+        seq.index(("zap0", "i_mmap_unlock")) < seq.index(("sharer0", "sharer_reuse"))
+    assert ("gup_fast0", "gup_irq") in seq and seq.count(("gup_fast0", "gup_irq")) == 1
     sc = spec.load_builtin("hugetlb-unshare-gup")
-    assert "hugetlb PMD sharing" in sc.needs
-    assert explore(Config(sc, "rcu-table-free")).counterexample is None
+    fixed = explore(Config(sc, "arm64", fixes=("1013af4f585f",)))
+    assert fixed.counterexample is None and fixed.counts.interleavings > 0
+    for arch in ("x86-64", "rcu-table-free", "generic-smp"):
+        assert run("hugetlb-unshare-gup", arch).counterexample is None, arch
 
 
 # ---------------------------------------------------------------------------

@@ -595,3 +595,54 @@ def test_flush_tlb_batched_pending_settles_reclaims_flush() -> None:
     lock = seq.index("ptl_lock")
     assert seq[lock + 1:lock + 3] == ["flush_tlb_batched_pending", "tlb_invalidate"]
     assert seq.index("pte_clear") > lock + 2 and seq.count("flush_tlb_batched_pending") == 1
+
+
+SHARED = [{"start": 0x40000000, "end": 0x80000000, "kind": "hugetlb", "hugepage_size": "pmd",
+           "file": "shm", "shared_pmd": True, "populate": [{"pages": 1024}]},
+          {"start": 0x10000000, "end": 0x10001000, "populate": [{"pages": 1}]}]
+
+
+def test_huge_pmd_unshare_sync_runs_between_the_clear_and_the_put() -> None:
+    """Hook ``huge_pmd_unshare_sync``: v6.5 does nothing between clearing the
+    PUD entry and dropping the reference on a shared PMD table; the fix
+    1013af4f585f waits for interrupts-off walkers there (an ``ipi_sync``
+    where tables are freed through RCU, nothing where the flush IPI waits)."""
+    from mmugather.core import fixes
+
+    def unshare(arch: str, *plugins: Any) -> tuple[list[str], Any]:
+        machine, collector = make(arch, *plugins)
+        sc = parse(SHARED, [{"kind": "munmap", "start": 0x40000000, "end": 0x80000000}])
+        aspace = build(sc, machine.geometry, pmd_share=True)
+        table = aspace.pmd_tables[1]
+        assert aspace.pmd_share == {table: 2}
+        make_callers(aspace, machine).mmap.munmap(0x40000000, 0x80000000)
+        assert aspace.pmd_share == {} and 1 not in aspace.pmd_tables
+        assert table not in aspace.tables
+        seq = names(collector)
+        return seq[seq.index("pmd_unshare"):seq.index("pmd_unshare") + 3], collector
+
+    assert unshare("arm64")[0] == ["pmd_unshare", "ptl_unlock", "tlb_flush"]
+    fix = fixes.get("1013af4f585f").plugin
+    assert unshare("arm64", fix)[0] == ["pmd_unshare", "ipi_sync", "ptl_unlock"]
+    assert unshare("x86-64", fix)[0] == ["pmd_unshare", "ptl_unlock", "tlb_flush"]
+
+    seen: list[tuple[bool, int]] = []
+
+    class Spy:
+        @hookimpl
+        def huge_pmd_unshare_sync(self, tlb: MmuGather) -> bool:
+            aspace = spied.ctx.aspace
+            seen.append((1 in aspace.pmd_tables, sum(aspace.pmd_share.values())))
+            return True
+
+    machine, collector = make("x86-64", Spy())
+    sc = parse(SHARED, [{"kind": "munmap", "start": 0x40000000, "end": 0x80000000}])
+    spied = make_callers(build(sc, machine.geometry, pmd_share=True), machine)
+    spied.mmap.munmap(0x40000000, 0x80000000)
+    # Called once, after the PUD entry is cleared, before the reference goes.
+    assert seen == [(False, 2)]
+    (ev,) = collector.named("pmd_unshare")
+    assert ev["users"] == 2 and ev["addr"] == ev["size"] == 0x40000000
+    assert [a for a, _page in ev["entries"]] == [0x40000000, 0x40200000]
+    assert not collector.named("pte_clear") or all(
+        e["level"] != "huge" for e in collector.named("pte_clear"))

@@ -325,7 +325,7 @@ class Memory:
             emit("vma_unmap", start=start, end=end, kind=vma.kind, vma_start=vma.start)
         if start != end:
             if vma.is_hugetlb:
-                self.hugetlb.unmap_hugepage_range(tlb, vma, start, end)
+                self.hugetlb.unmap_hugepage_range_final(tlb, vma, start, end)
             else:
                 self.unmap_page_range(tlb, vma, start, end, details)
 

@@ -41,7 +41,7 @@ COMMON_RULES: dict[str, str] = {
     "an RCU grace period since the unhook proves it left (a replay: a TLB flush, and where "
     "the arch frees tables through RCU, a grace period or the IPI after it)",
     "rmap-outside-ptl": "tlb_flush_rmaps() removes each rmap before the lock that guarded "
-    "the cleared PTE is dropped",
+    "the cleared PTE is dropped (and an rmap removed at once goes under a lock too)",
     "rmap-wrong-vma": "the pages between tlb_discard_rmaps() and tlb_flush_rmaps() were all "
     "mapped by the VMA passed",
     "rmap-not-pending": "tlb_flush_rmaps() removes rmaps only from pages whose PTE was cleared "

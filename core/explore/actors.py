@@ -24,6 +24,7 @@ from mmugather.core.explore.mem import (
     PMD_TABLES,
     PUD_TABLES,
     REFCOUNT,
+    VMAS,
     Mem,
 )
 from mmugather.core.explore.spec import ActorSpec
@@ -91,8 +92,10 @@ def page_freed(mem: Mem, pfn: int) -> bool:
     return bool(mem.page_view(FLAGS)[folio_head(mem, pfn)] & F_FREED)
 
 
-def _gone_text(st: State, pfn: int) -> str:
-    return "handed out again by the allocator" if pfn in st.reused else "freed"
+def _gone_text(eng: Engine, st: State, pfn: int) -> str:
+    if pfn not in st.reused:
+        return "freed"
+    return eng.reused_how.get(pfn, "handed out again by the allocator")
 
 
 def fill_walk(s: State, cpu: int, entries: list[Any]) -> None:
@@ -123,9 +126,21 @@ class UserThread(Actor):
         self.warm = spec.warm
         #: what _fault_locks() found, by what it depends on
         self._locks_seen: dict[Any, list[Any]] = {}
+        #: the anonymous page each address of its accesses maps at the
+        #: start, if no zapping thread unmaps that address
+        self._kept: dict[int, int] = {}
 
     def init(self, eng: Engine, s: State) -> None:
         s.set_local(self.index, 0)
+        ranges = [(0, 1 << 64) if op["kind"] == "exit" else (op["start"], op["end"])
+                  for a in eng.cfg.scenario.actors if a.kind == "zap" for op in a.ops]
+        for _op, va in self.accesses:
+            leaf = eng.mapping(s.mem, va).leaf
+            if leaf is None or any(lo <= va < hi for lo, hi in ranges):
+                continue
+            page = page_of(leaf, va, eng.geo)
+            if is_page(s.mem, page) and s.mem.page_view(FLAGS)[folio_head(s.mem, page)] & F_ANON:
+                self._kept[va] = page
         if not self.warm:
             return
         cpu = self.cpu
@@ -208,13 +223,14 @@ class UserThread(Actor):
                 s.violation = Violation(
                     "walk-freed-table",
                     f"CPU {cpu} walks {va:#x} through its walk-cache {level} entry into "
-                    f"table {table:#x}, which is {_gone_text(st, table)}")
+                    f"table {table:#x}, which is {_gone_text(eng, st, table)}")
                 return s, [ev], Fp(frozenset(reads), frozenset(writes))
             if w.pte_table is not None:
                 reads.add(pte_item(eng, w.pte_table, va))
             if w.leaf is None:
                 s.set_local(self.index, len(self.accesses))
                 ev = {"op": op, "addr": va, "event": "user_fault"}
+                s.violation = self._lost(eng, st, va, reads)
                 return s, [ev], Fp(frozenset(reads), frozenset(writes))
             leaf = w.leaf
             page = page_of(leaf, va, geo)
@@ -227,13 +243,35 @@ class UserThread(Actor):
             if page_freed(s.mem, page) or page in st.reused:
                 violation = Violation("use-after-free",
                                       f"CPU {cpu} maps page {page:#x} from a PTE although the "
-                                      f"page is {_gone_text(st, page)}")
+                                      f"page is {_gone_text(eng, st, page)}")
         if store and is_page(mem, page):
             s.versions = st.with_version(page, st.version(page) + 1)
             writes.add(("ver", page))
         if violation is not None:
             s.violation = violation
         return s, [ev], Fp(frozenset(reads), frozenset(writes))
+
+    def _lost(self, eng: Engine, st: State, va: int, reads: set[Any]) -> Violation | None:
+        """A fault at ``va``: if an anonymous page was mapped there, no
+        thread unmapped the address and its VMA is still there, then the
+        mapping was destroyed under the process (its PTE, or the table
+        holding it, gone): the fault maps a fresh zero page and the data
+        is lost."""
+        page = self._kept.get(va)
+        if page is None:
+            return None
+        reads.add(("D", "vmas"))
+        if not any(v[0] <= va < v[1] for v in st.mem.parts[VMAS]):
+            return None
+        pte = st.mem.pte(eng.geo, va)
+        if pte is not None and pte[1]:
+            return None  # a swap or migration entry: the data is kept
+        return Violation(
+            "lost-mapping",
+            f"CPU {self.cpu} faults at {va:#x}, in a VMA still mapped that no unmap covered: "
+            f"its anonymous page {page:#x} lost its mapping "
+            f"({'its PTE table is gone' if pte is None else 'its PTE is none'}), so the fault "
+            "maps a fresh page and the data is lost")
 
     def _dirty(self, eng: Engine, mem: Mem, va: int, leaf: Leaf, w: Walk,
                writes: set[Any]) -> Mem:
@@ -263,11 +301,11 @@ class UserThread(Actor):
                    reads: set[Any]) -> Violation | None:
         cpu = self.cpu
         mem = st.mem
-        if is_page(mem, page) and (page_freed(mem, page) or page in st.reused):
+        if page in st.reused or (is_page(mem, page) and page_freed(mem, page)):
             return Violation(
                 "use-after-free",
                 f"CPU {cpu} reaches page {page:#x} through a stale TLB entry for {va:#x}: "
-                f"the page is {_gone_text(st, page)}")
+                f"the page is {_gone_text(eng, st, page)}")
         if st.returned:
             ret = next((r for r in st.returned if r[0] == cpu and r[1] == entry[0]
                         and r[2] == entry[1]), None)
@@ -321,7 +359,7 @@ class GupFast(Actor):
             return Violation(
                 "lockless-walk-freed-table",
                 f"gup_fast on CPU {self.cpu} (interrupts off) is inside {TABLE_LEVELS[level]} "
-                f"table {table:#x}, which is {_gone_text(st, table)}")
+                f"table {table:#x}, which is {_gone_text(eng, st, table)}")
         return None
 
     def step(self, eng: Engine, st: State) -> Result:
@@ -394,7 +432,7 @@ class GupFast(Actor):
                 s.violation = Violation(
                     "lockless-walk-freed-table",
                     f"gup_fast on CPU {self.cpu} reads {TABLE_LEVELS[level]} table {table:#x}, "
-                    f"which is {_gone_text(st, table)}")
+                    f"which is {_gone_text(eng, st, table)}")
                 return s, [{"level": LEVELS[level], "table": table, "next": None,
                             "event": "gup_walk"}], Fp(frozenset(reads), frozenset(writes))
         name = LEVELS[level] if level < len(LEVELS) else "pte"

@@ -66,6 +66,13 @@ def _coverage(result: Any, bound: int, cpus: int, random: int | None, seed: int)
             f"{cpus} CPUs, {result.seconds:.2f} s")
 
 
+def configuration(cfg: Any, eng: Any) -> str:
+    """``arch A, strategy S, mutant M`` (or ``no mutant``), and the fixes."""
+    mutant = f"mutant {cfg.mutant}" if cfg.mutant else "no mutant"
+    fixes = "".join(f", fix {commit}" for commit in cfg.fixes)
+    return f"arch {cfg.arch}, strategy {eng.setup.strategy}, {mutant}{fixes}"
+
+
 def cmd_explore(args: argparse.Namespace) -> int:
     from mmugather.core.arch import ArchError
     from mmugather.core.explore import Config, Engine, ExploreError, explore, spec, trace
@@ -77,6 +84,12 @@ def cmd_explore(args: argparse.Namespace) -> int:
             print(f"{name}\n    {' '.join(sc.base.description.split())}")
             if sc.needs:
                 print(f"    needs: {' '.join(sc.needs.split())}")
+        from mmugather.core import fixes
+
+        print("\nfixes newer than v6.5 (--fix COMMIT):")
+        for commit in fixes.names():
+            fix = fixes.get(commit)
+            print(f"{commit}  {fix.title}\n    {fix.description}")
         return EXIT_OK
     if args.replay is not None:
         return _replay(args)
@@ -92,7 +105,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     name = args.scenario or DEFAULT_SCENARIO
     try:
         sc = spec.resolve(name)
-        cfg = Config(sc, args.arch, strategy=args.strategy, mutant=args.mutant, cpus=args.cpus)
+        cfg = Config(sc, args.arch, strategy=args.strategy, mutant=args.mutant, cpus=args.cpus,
+                     fixes=tuple(args.fix or ()))
         eng = Engine(cfg)
     except (ArchError, ScenarioError, ValueError) as exc:
         return _error(str(exc))
@@ -107,8 +121,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         return _error(f"{sc.path}: {exc}")
     finally:
         progress.close()
-    mutant = f"mutant {cfg.mutant}" if cfg.mutant else "no mutant"
-    print(f"scenario {sc.name}: arch {cfg.arch}, strategy {eng.setup.strategy}, {mutant}")
+    print(f"scenario {sc.name}: {configuration(cfg, eng)}")
     if sc.needs:
         print(f"note: it needs {' '.join(sc.needs.split())}")
     coverage = _coverage(result, bound, eng.nr_cpus, args.random, args.seed)
@@ -148,9 +161,7 @@ def _replay(args: argparse.Namespace) -> int:
     except (ArchError, ValueError, ExploreError) as exc:
         return _error(f"{args.replay}: {exc}")
     cfg = tr.config
-    mutant = f"mutant {cfg.mutant}" if cfg.mutant else "no mutant"
-    print(f"scenario {cfg.scenario.name}: arch {cfg.arch}, strategy {eng.setup.strategy}, "
-          f"{mutant}")
+    print(f"scenario {cfg.scenario.name}: {configuration(cfg, eng)}")
     if ce is None:
         print(f"replayed {len(tr.choices)} steps: no property fails at their end "
               f"(the trace says {tr.prop})")
@@ -186,6 +197,8 @@ def add_explore_parser(sub: Any) -> None:
                    help=f"the rmap-removal strategy: {', '.join(strategies.names())} "
                    "(default: %(default)s)")
     p.add_argument("--mutant", metavar="NAME", help="run with a deliberately broken behaviour")
+    p.add_argument("--fix", action="append", metavar="COMMIT",
+                   help="add a kernel fix newer than v6.5 (--list names them); repeatable")
     p.add_argument("--cpus", type=int, metavar="N", help="CPUs of the machine (default: the "
                    "scenario's)")
     p.add_argument("--depth", type=int, metavar="D", help="the bound: steps per execution "
@@ -214,7 +227,7 @@ def _checked(args: argparse.Namespace) -> int:
     if args.seed < 0:
         return _error(f"--seed {args.seed}: must not be negative")
     if args.replay is not None:
-        for opt in ("random", "workers", "dask", "cpus", "depth", "mutant"):
+        for opt in ("random", "workers", "dask", "cpus", "depth", "mutant", "fix"):
             if getattr(args, opt) is not None:
                 return _error(f"--replay takes its configuration from the trace: "
                               f"--{opt} does not go with it")

@@ -69,7 +69,7 @@ class Mutant:
     @property
     def where(self) -> str:
         """Where it applies, in words (the ``applies`` condition's docstring)."""
-        return (self.applies.__doc__ or "").strip()
+        return " ".join((self.applies.__doc__ or "").split())
 
     def overrides(self) -> str:
         """What it overrides, in words."""
