@@ -18,10 +18,6 @@ from mmugather.core.hw.invalidate import WALK_ASID, Invalidate
 if TYPE_CHECKING:
     from mmugather.core.explore.engine import Engine
 
-#: a zapping thread's step that left a VMA: what a driver's lookup reads
-UNLINK_ITEM = ("unlink",)
-
-
 def _fp(reads: set[Any], writes: set[Any]) -> Fp:
     return Fp(frozenset(reads), frozenset(writes))
 
@@ -92,7 +88,10 @@ class Driver(Actor):
             s.reused = st.reused | {pfn}
             s.set_local(me, (DRV_DONE, pfn))
             return s, [{"pfn": pfn, "event": "driver_free"}], _fp({("reuse",)}, {("reuse",)})
-        reads: set[Any] = {UNLINK_ITEM, ("D", "layout"), ("D", "vmas"), ("D", "mm", "cpumask")}
+        # A zapping thread's step that left the VMA (vma_end) changes what
+        # the lookup finds.
+        reads: set[Any] = {("unlink", self.vma_start), ("D", "layout"), ("D", "vmas"),
+                           ("D", "mm", "cpumask")}
         writes: set[Any] = set()
         linked = not any(self._left(node) for node in st.nodes)
         cleared = False

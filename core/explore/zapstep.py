@@ -166,7 +166,7 @@ def effects_of(events: tuple[dict[str, Any], ...], page_size: int, mode: str, cp
                 out.append(("freed", tables))
         elif name == "vma_end":
             # A driver's unmap_mapping_range() finds the VMA or not.
-            out.append(("unlink",))
+            out.append(("unlink", ev["start"]))
         elif name == "pte_clear_flush":
             mode = ev["mode"]
         elif name == "gather_end":
@@ -262,7 +262,7 @@ def effect_items(effects: tuple[tuple[Any, ...], ...], nr_cpus: int) -> set[Any]
         elif kind == "returned":
             items.add(("ret",))
         elif kind == "unlink":
-            items.add(("unlink",))
+            items.add(("unlink", eff[1]))
     return items
 
 

@@ -93,6 +93,10 @@ def cmd_explore(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.replay is not None:
         return _replay(args)
+    if args.corpus is not None:
+        from mmugather.cli.corpus import run_corpus
+
+        return run_corpus(args.corpus or None, show=bool(args.corpus))
     if args.events is not None:
         problem = _writable(args.events)
         if problem:
@@ -186,7 +190,8 @@ def add_explore_parser(sub: Any) -> None:
         "thread, the allocator and RCU on other CPUs. Every interleaving within the bound "
         "is searched (or RUNS random ones); a failing property is printed as a per-CPU "
         "timeline. Exit status: 0 when no property fails within the bound; 1 when one "
-        "does; 2 when the scenario, the trace or the options were rejected.",
+        "does; 2 when the scenario, the trace or the options were rejected. With --corpus: "
+        "0 when every run of the historical-bug corpus is as expected, 1 when one is not.",
     )
     p.add_argument("scenario", nargs="?", metavar="SCENARIO",
                    help=f"a built-in concurrent scenario or a TOML file (default: "
@@ -216,6 +221,10 @@ def add_explore_parser(sub: Any) -> None:
                    help="save a counterexample as a trace (JSON Lines) here")
     p.add_argument("--replay", metavar="TRACE", help="re-execute a saved trace")
     p.add_argument("--list", action="store_true", help="list the built-in concurrent scenarios")
+    p.add_argument("--corpus", nargs="?", const="", metavar="BUG",
+                   help="run the historical-bug corpus and print its table (exit 1 when a "
+                   "run is not as expected); with BUG (a name or a commit id), that entry "
+                   "and the timeline of each counterexample")
     p.set_defaults(func=_checked)
 
 
@@ -226,6 +235,13 @@ def _checked(args: argparse.Namespace) -> int:
             return _error(f"--{opt} {value}: must be at least 1")
     if args.seed < 0:
         return _error(f"--seed {args.seed}: must not be negative")
+    if args.corpus is not None:
+        for opt in ("scenario", "replay", "random", "workers", "dask", "cpus", "depth", "mutant",
+                    "fix", "events"):
+            if getattr(args, opt) is not None:
+                what = "SCENARIO" if opt == "scenario" else f"--{opt}"
+                return _error(f"--corpus runs the configurations of its entries: {what} does "
+                              "not go with it")
     if args.replay is not None:
         for opt in ("random", "workers", "dask", "cpus", "depth", "mutant", "fix"):
             if getattr(args, opt) is not None:
