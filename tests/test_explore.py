@@ -165,6 +165,22 @@ def test_hugetlb_unshare_races_gup_fast_where_the_flush_does_not_wait() -> None:
         assert run("hugetlb-unshare-gup", arch).counterexample is None, arch
 
 
+def test_unshare_flush_leaves_the_pud_walk_cache_on_arm64_tlbirange() -> None:
+    """What the model finds on v6.5 (docs/explorer.md): after an unshare,
+    FEAT_TLBIRANGE's leaf-only range TLBI keeps CPU 1's walk-cache entry of
+    the cleared PUD, and its next access walks into the table the other
+    process made its own; without FEAT_TLBIRANGE the flush is by ASID, and
+    x86's CR3 reload drops everything."""
+    ce = run("hugetlb-unshare-munmap", "arm64-tlbirange").counterexample
+    assert ce.prop == "walk-freed-table"
+    assert ce.message.startswith("CPU 1 walks 0x40000000 through its walk-cache pud entry "
+                                 "into table ")
+    flush = next(ev for s in ce.steps for ev in s.events if ev["event"] == "tlb_invalidate")
+    assert (flush["op"], flush["leaf"], flush["walk"]) == ("tlbi rvale1is", True, "none")
+    for arch in ("arm64", "x86-64"):
+        assert run("hugetlb-unshare-munmap", arch).counterexample is None
+
+
 # ---------------------------------------------------------------------------
 # Determinism
 # ---------------------------------------------------------------------------
