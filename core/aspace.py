@@ -203,6 +203,10 @@ class AddressSpace:
     #: builder mapped them and the zaps took them away (mm_counter());
     #: exit must bring each back to 0 (check_mm())
     rss_stat: list[int] = attrs.Factory(lambda: [0, 0, 0])
+    #: hugetlb PMD tables shared with other processes: table id -> users
+    #: (the table page's reference count in v6.5; a table not listed has
+    #: this mm alone)
+    pmd_share: dict[int, int] = attrs.Factory(dict)
 
     # --- geometry shortcuts -------------------------------------------------
 

@@ -27,7 +27,7 @@ from typing import IO, Any, Literal, Protocol
 import orjson
 
 #: Bumped on any change to an event's name or fields.
-EVENTS_VERSION = 3
+EVENTS_VERSION = 4
 
 #: The events the replay contract (replay-v1) fixes.
 CONTRACT_EVENTS = frozenset(
@@ -81,6 +81,10 @@ CALLER_EVENTS = frozenset(
         "large_folio_rmap",
         "rmap_remove_ptes",
         "force_flush",
+        "flush_tlb_batched_pending",
+        "pmd_unshare",
+        "i_mmap_lock",
+        "i_mmap_unlock",
         "violation",
     }
 )
@@ -94,13 +98,15 @@ HARDWARE_EVENTS = frozenset({"hw_config", "tlb_invalidate", "pte_clear_flush", "
 
 #: Events of the explorer (``mmugather explore``, ``core/explore``): the
 #: steps of its own actors (user threads, gup_fast, writeback, reclaim, the
-#: allocator), a zapping thread entering and leaving its system call, and
+#: allocator, a driver, a process sharing a PMD table), a zapping thread
+#: entering and leaving its system call, and
 #: the property a counterexample breaks.  Never in a run or a replay.
 EXPLORER_EVENTS = frozenset({
     "syscall_enter", "syscall_return", "user_access", "user_fault", "gup_irq", "gup_walk",
     "gup_grab", "gup_recheck", "gup_put", "writeback_mkclean", "writeback_lock",
     "writeback_clean", "writeback_clear_dirty", "writeback_io", "writeback_evict",
-    "reclaim_lock", "reclaim_unmap", "reclaim_flush", "page_reuse", "property_violation",
+    "reclaim_lock", "reclaim_unmap", "reclaim_flush", "page_reuse", "driver_unmap",
+    "driver_free", "sharer_unmap", "sharer_reuse", "property_violation",
 })
 
 ALL_EVENTS = (CONTRACT_EVENTS | MODEL_EVENTS | DETAIL_EVENTS | CALLER_EVENTS | HARDWARE_EVENTS

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 import attrs
+from mmugather.core import fixes as fixes_mod
 from mmugather.core import strategies
 from mmugather.core.arch import ArchSpec, make_machine
 from mmugather.core.callers import make_callers, run_ops
@@ -98,6 +99,7 @@ def run_arch(
     stats: bool = True,
     strategy: str | None = None,
     cpus: CpuConfig | None = None,
+    fixes: Sequence[str] = (),
 ) -> ArchRun:
     """Run ``scenario`` on one arch and return what happened.
 
@@ -113,12 +115,14 @@ def run_arch(
     a thread of the process on each).
     ``mutant`` names a mutant (:mod:`mmugather.mutants`): its plugin goes
     after ``extra_plugins``, its caller classes in front of the strategy's.
+    ``fixes``: commits newer than v6.5 to add (``core/fixes.py``), before
+    ``extra_plugins``.
     """
     strat = strategies.resolve(strategy)
     size = page_size or spec.page_sizes[0]
     m = mutants_mod.get(mutant) if mutant else None
     classes = mutants_mod.caller_classes(m, strat)
-    plugins = list(extra_plugins)
+    plugins = [*(fixes_mod.get(commit).plugin for commit in fixes), *extra_plugins]
     if m is not None and m.plugin is not None:
         plugins.append(m.plugin)
     run_stats = RunStats() if stats else None
@@ -147,7 +151,8 @@ def run_arch(
     )
     if m is not None and m.gather is not None:
         machine.gather_class = m.gather
-    aspace = build(scenario, machine.geometry, spec.name)
+    aspace = build(scenario, machine.geometry, spec.name,
+                   pmd_share="ARCH_WANT_HUGE_PMD_SHARE" in spec.resolved_features())
     mapped = aspace.mapped_ptes()
     if progress_total is not None:
         progress_total(len(aspace.pte_tables) * machine.geometry.ptrs_per_pte)

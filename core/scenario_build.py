@@ -169,10 +169,12 @@ def _one_order_per_page(path: str, file: str, entries: list[_Cached]) -> None:
             i += 1
 
 
-def build(scenario: Scenario, geo: Geometry, arch: str = "") -> AddressSpace:
+def build(scenario: Scenario, geo: Geometry, arch: str = "", *,
+          pmd_share: bool = False) -> AddressSpace:
     """Materialise the scenario's address space for one arch geometry
     (after :func:`~mmugather.core.scenario.check_geometry`; ``arch`` names
-    the arch in its messages)."""
+    the arch in its messages).  ``pmd_share``: the arch shares hugetlb PMD
+    tables (:func:`share_pmd_tables`)."""
     check_geometry(scenario, geo, arch)
     aspace = AddressSpace(geometry=geo)
     store = aspace.pages
@@ -233,11 +235,30 @@ def build(scenario: Scenario, geo: Geometry, arch: str = "") -> AddressSpace:
                         addr += nr * page_size
                         continue
                 addr += step
+        if spec.shared_pmd and pmd_share:
+            share_pmd_tables(aspace, vma)
     # The kernel keeps an mm's VMAs in address order (the maple tree), and
     # free_pgtables() and the munmap neighbours rely on it: a file may list
     # them in any order.
     aspace.vmas.sort(key=lambda v: v.start)
     return aspace
+
+
+def share_pmd_tables(aspace: AddressSpace, vma: MmVma) -> None:
+    """``huge_pmd_share()`` as another process mapping the same file range
+    did it: each PUD-aligned range the VMA covers whole (``want_pmd_share()``)
+    has a PMD table the two share, two references on its page.  Nothing
+    where the PUD level is folded (arm64 with 64K pages: v6.5 selects
+    ARCH_WANT_HUGE_PMD_SHARE only for 4K and 16K pages).  The pages mapped
+    through it count the shared entries once, as the kernel's do."""
+    geo = aspace.geometry
+    if geo.pud_shift == geo.p4d_shift:
+        return
+    addr = -(-vma.start // geo.pud_size) * geo.pud_size
+    while addr + geo.pud_size <= vma.end:
+        aspace.ensure_tables(addr, upto="pmd")
+        aspace.pmd_share[aspace.pmd_tables[addr >> geo.pud_shift]] = 2
+        addr += geo.pud_size
 
 
 def _folio_for(aspace: AddressSpace, vma: MmVma, addr: int, pop: Populate, nr: int) -> int:

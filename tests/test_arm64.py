@@ -90,7 +90,7 @@ def test_kconfig_and_hardware_promises() -> None:
     for name in ARM64:
         spec = registry().get(name)
         assert spec.resolved_features() == ["SMP", "MMU_GATHER_RCU_TABLE_FREE",
-                                            "MMU_GATHER_TABLE_FREE"]
+                                            "MMU_GATHER_TABLE_FREE", "ARCH_WANT_HUGE_PMD_SHARE"]
         assert make_machine(name).hw == HwSemantics(asid_reuse_invalidates=True,
                                                     flush_waits=False)
     assert arm64.MAX_TLBI_RANGE_PAGES == 1 << 21

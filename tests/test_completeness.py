@@ -166,3 +166,35 @@ def test_mmugather_run_judges_by_the_completeness_rules(monkeypatch: pytest.Monk
     assert result.violations[0].message == (
         "after exit 4 page tables are still hooked in the mm (1 pte, 1 pmd, 1 pud, 1 p4d): "
         "pgtables_bytes is 12,288, not 0 (check_mm(): \"non-zero pgtables_bytes on freeing mm\")")
+
+
+SHARED = [{"start": 0x40000000, "end": 0x80000000, "kind": "hugetlb", "hugepage_size": "pmd",
+           "file": "shm", "shared_pmd": True, "populate": [{"pages": 1024}]}]
+
+
+def test_folios_a_shared_pmd_table_still_maps_are_not_mapped_at_exit() -> None:
+    """munmap() of a hugetlb range whose PMD table another process shares
+    (x86-64 shares them): huge_pmd_unshare() hands the table, and the two
+    folios it maps, to the other process; their mapcount stays 1 after
+    this mm exits, and that is not a leak."""
+    ops = [{"kind": "munmap", "start": 0x40000000, "end": 0x80000000}, {"kind": "exit"}]
+    checker = _teardown(SHARED, ops, arch="x86-64")
+    assert checker.violations == []
+
+
+def test_a_shared_table_does_not_hide_this_mms_own_mapping() -> None:
+    """Only a table this mm really unshared excuses what it maps: exit
+    with a hugetlb zap that does nothing (no unshare, no unmap) leaves the
+    two folios mapped by this mm, and the rule says so."""
+    from mmugather.core.callers.hugetlb import Hugetlb
+
+    class SkipHugetlb(Hugetlb):
+        def unmap_hugepage_range(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    classes = caller_classes(None, strategies.get("pointer"))
+    classes["hugetlb"] = SkipHugetlb
+    checker = _teardown(SHARED, [{"kind": "exit"}], arch="x86-64", classes=classes)
+    assert [(v.rule, v.message) for v in checker.violations] == [
+        ("mapped-at-exit", f"after exit folio {PFN_BASE:#x} has entire mapcount 1, not 0 (and 1 "
+         "more folios): a PMD or hugetlb mapping of it was never removed")]

@@ -91,6 +91,9 @@ class Memory:
         clear = rows.pte_clear if rows is not None else None
         if emit is not None:
             emit("ptl_lock", table=table.id, vma_start=vma.start)
+        # Reclaim may have cleared PTEs of this table and deferred their
+        # flush: settle it before anything here relies on the TLB (3ea277194daa).
+        tlb.flush_tlb_batched_pending()
         entries = table.entries
         i = (addr >> geo.page_shift) & (geo.ptrs_per_pte - 1)
         store = ctx.aspace.pages
@@ -337,7 +340,7 @@ class Memory:
             emit("vma_unmap", start=start, end=end, kind=vma.kind, vma_start=vma.start)
         if start != end:
             if vma.is_hugetlb:
-                self.hugetlb.unmap_hugepage_range(tlb, vma, start, end)
+                self.hugetlb.unmap_hugepage_range_final(tlb, vma, start, end)
             else:
                 self.unmap_page_range(tlb, vma, start, end, details)
 

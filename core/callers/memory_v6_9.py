@@ -62,6 +62,9 @@ class FolioBatchMemory(LegacyMemory):
         clear = ctx.rows.pte_clear if ctx.rows is not None else None
         if emit is not None:
             emit("ptl_lock", table=table.id, vma_start=vma.start)
+        # Reclaim may have cleared PTEs of this table and deferred their
+        # flush: settle it before anything here relies on the TLB (3ea277194daa).
+        tlb.flush_tlb_batched_pending()
         entries = table.entries
         i = (addr >> page_shift) & (geo.ptrs_per_pte - 1)
         store = ctx.aspace.pages

@@ -122,6 +122,7 @@ class Checker:
             "pte_clear_flush": self._pte_clear_flush,
             "mm_exit": self._mm_exit,
             "vma_end": self._vma_end,
+            "pmd_unshare": self._pmd_unshare,
         }
 
     # structlog processor signature
@@ -184,6 +185,15 @@ class Checker:
     def _vma_end(self, ev: dict[str, Any]) -> None:
         if self.hw is not None:
             self.hw.vma_end(ev["start"], ev["end"], ev["pfnmap"])
+
+    def _pmd_unshare(self, ev: dict[str, Any]) -> None:
+        """huge_pmd_unshare(): the huge entries this mm reached through the
+        shared table are gone from its page tables (still there for the
+        other process): stale in this mm's TLBs until a flush."""
+        if self.hw is not None:
+            size = self.hw.tlb.geometry.pmd_size
+            for addr, page in ev["entries"]:
+                self.hw.tlb.entry_cleared(addr, size, "pmd", page, False, self.seq)
 
     def _ptl_lock(self, ev: dict[str, Any]) -> None:
         self.saw_callers = True

@@ -71,6 +71,17 @@ class Completeness:
         self.aspace = aspace
         self.report = report
         self._zero = bytes(ENTRY_BYTES * aspace.geometry.ptrs_per_pte)
+        #: folio head index -> hugetlb mappings handed to another process
+        #: with a PMD table this mm unshared (its mapcount stays with them)
+        self._elsewhere: dict[int, int] = {}
+
+    def pmd_unshared(self, heads: Sequence[int]) -> None:
+        """huge_pmd_unshare() left the shared PMD table, and what it maps,
+        to the other processes: the folios at ``heads`` stay mapped by them
+        after this mm exits (v6.5 counts a shared table's mappings once)."""
+        for head in heads:
+            i = head - PFN_BASE
+            self._elsewhere[i] = self._elsewhere.get(i, 0) + 1
 
     # --- after each operation ---------------------------------------------
 
@@ -170,15 +181,22 @@ class Completeness:
                    else "its mapping was removed more often than it was made")
             self.report("mapped-at-exit", f"after exit page {PFN_BASE + i:#x} has mapcount "
                         f"{store.mapcount[i]}, not 0{more}: {why}")
-        whole = _nonzero(store.entire_mapcount)
+        elsewhere = self._elsewhere
+        whole = [i for i in _nonzero(store.entire_mapcount)
+                 if store.entire_mapcount[i] != elsewhere.get(i, 0)]
+        whole += [i for i in elsewhere if i not in whole and store.entire_mapcount[i] == 0]
         if whole:
+            whole.sort()
             i = whole[0]
             more = _more(len(whole), "folios")
-            why = ("a PMD or hugetlb mapping of it was never removed"
-                   if store.entire_mapcount[i] > 0
+            ours = store.entire_mapcount[i] - elsewhere.get(i, 0)
+            why = ("a PMD or hugetlb mapping of it was never removed" if ours > 0
                    else "its PMD or hugetlb mapping was removed more often than it was made")
+            shared = (f" ({elsewhere[i]} of them through a PMD table another process "
+                      "still shares)" if i in elsewhere else "")
             self.report("mapped-at-exit", f"after exit folio {PFN_BASE + i:#x} has entire "
-                        f"mapcount {store.entire_mapcount[i]}, not 0{more}: {why}")
+                        f"mapcount {store.entire_mapcount[i]}{shared}, not "
+                        f"{elsewhere.get(i, 0)}{more}: {why}")
         self._pgtables_bytes()
 
     def pgtables_bytes(self) -> dict[str, int]:

@@ -60,8 +60,13 @@ def cmd_mutants(args: argparse.Namespace) -> int:
         echo(markdown_table(rows))
         return EXIT_OK
     for r in rows:
-        echo(f"{r['name']}\n    {r['description']}\n"
-              f"    caught by: {r['rule']} ({RULES[r['rule']]})\n"
+        caught = []
+        if r["rule"]:
+            caught.append(f"    caught by: {r['rule']} ({RULES[r['rule']]}), "
+                          f"mmugather run {r['scenario']}")
+        if r["explore"]:
+            caught.append(f"    explorer: {r['property']}, mmugather explore {r['explore']}")
+        echo(f"{r['name']}\n    {r['description']}\n" + "\n".join(caught) + "\n"
               f"    breaks: {r['breaks']}\n"
               f"    applies: {r['where']}: {', '.join(r['arches']) or 'no arch'}\n"
               f"    fixed by: {r['fixed_by'] or 'no single commit'}\n"

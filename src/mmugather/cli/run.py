@@ -105,6 +105,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif args.mutant and not r.mutant_applies:
             echo(f"\n{r.arch}: the mutant's ordering is not wrong on this arch: "
                  "no violation expected")
+        elif args.mutant and not mutants.get(args.mutant).rule:
+            m = mutants.get(args.mutant)
+            echo(f"\n{r.arch}: the checker cannot see this mutant, only an interleaving "
+                 f"shows it: mmugather explore {m.explore} --arch {r.arch} --mutant {m.name}")
     if args.no_check:
         echo("\ninvariant checker off (--no-check)")
     elif not failed and not args.mutant:
