@@ -1,7 +1,9 @@
 """arm64 (v6.5): broadcast TLBI by address or ASID, leaf-only and level-hinted.
 
-``arch/arm64/Kconfig`` selects MMU_GATHER_RCU_TABLE_FREE (226) and
-HAVE_FAST_GUP (203), and neither MMU_GATHER_MERGE_VMAS nor
+``arch/arm64/Kconfig`` selects MMU_GATHER_RCU_TABLE_FREE (226),
+HAVE_FAST_GUP (203) and ARCH_WANT_HUGE_PMD_SHARE (4K pages, or 16K without
+VA_BITS_36; with 64K pages the PUD level is folded and no table is
+shared), and neither MMU_GATHER_MERGE_VMAS nor
 MMU_GATHER_PAGE_SIZE: ``tlb_end_vma()`` flushes each VMA.  ``tlb_flush()``
 (``arch/arm64/include/asm/tlb.h`` 53-73) and ``__flush_tlb_range()``
 (``arch/arm64/include/asm/tlbflush.h`` 281-361) are modelled step by step
@@ -62,7 +64,7 @@ FOLDED = {4096: ("p4d",), 16384: ("p4d",), 65536: ("pud", "p4d")}
 def geometry(page_size: int) -> Geometry:
     pmd, pud, p4d, pgdir = SHIFTS[page_size]
     return Geometry(page_size=page_size, pmd_shift=pmd, pud_shift=pud, p4d_shift=p4d,
-                    pgdir_shift=pgdir, task_size=1 << VA_BITS)
+                    pgdir_shift=pgdir, task_size=1 << VA_BITS, folded=FOLDED[page_size])
 
 
 #: tlb_get_level()'s answer -> the level an entry must have to match the
@@ -211,7 +213,7 @@ def _spec(name: str, plugin: Any, description: str) -> ArchSpec:
     return ArchSpec(
         name=name,
         description=description,
-        features=("SMP", "MMU_GATHER_RCU_TABLE_FREE"),
+        features=("SMP", "MMU_GATHER_RCU_TABLE_FREE", "ARCH_WANT_HUGE_PMD_SHARE"),
         plugins=(plugin,),
         geometry=geometry,
         page_sizes=(4096, 16384, 65536),

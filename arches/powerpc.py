@@ -54,7 +54,7 @@ TASK_SIZE = {4096: 1 << 46, 65536: 1 << 52}
 
 def geometry(page_size: int) -> Geometry:
     return Geometry(page_size=page_size, pmd_shift=21, pud_shift=30, p4d_shift=39,
-                    pgdir_shift=39, task_size=TASK_SIZE[page_size])
+                    pgdir_shift=39, task_size=TASK_SIZE[page_size], folded=("p4d",))
 
 
 #: RIC values of tlbie/tlbiel (book3s/64/tlbflush-radix.h)

@@ -17,7 +17,10 @@ whether page tables were freed.  That function decides, in this order:
 INVLPG drops the leaf entries of the page holding its address *and* every
 paging-structure-cache entry of the current PCID (Intel SDM vol. 3A,
 4.10.4.1): one INVLPG at a freed table's address is enough for the walk
-caches.  x86 selects MMU_GATHER_MERGE_VMAS.  It selects
+caches.  x86 selects MMU_GATHER_MERGE_VMAS, ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH
+(reclaim defers its flushes; ``zap_pte_range()`` settles them with
+``flush_tlb_batched_pending()``, here with x86's ``flush_tlb_mm()``) and
+ARCH_WANT_HUGE_PMD_SHARE.  It selects
 MMU_GATHER_RCU_TABLE_FREE only with PARAVIRT, and even then the native
 ``tlb_remove_table`` pv op is ``tlb_remove_page``: on bare metal page tables
 are queued as pages and freed after the IPI flush, as modelled here.
@@ -37,6 +40,7 @@ from mmugather.core.hookspecs import hookimpl
 from mmugather.core.hw.cpus import ZAPPING_CPU
 from mmugather.core.hw.invalidate import WALK_ASID, HwSemantics, Invalidate
 from mmugather.core.mm import MmStruct
+from mmugather.plugins.batched_unmap import settle
 
 TLB_FLUSH_ALL = MASK64
 #: The default of /sys/kernel/debug/x86/tlb_single_page_flush_ceiling: a
@@ -53,7 +57,7 @@ OP_LAZY = "switch to init_mm (lazy)"
 def geometry(page_size: int) -> Geometry:
     """4K pages, 512 entries per table, the p4d level folded (no LA57)."""
     return Geometry(page_size=page_size, pmd_shift=21, pud_shift=30, p4d_shift=39,
-                    pgdir_shift=39, task_size=TASK_SIZE_MAX)
+                    pgdir_shift=39, task_size=TASK_SIZE_MAX, folded=("p4d",))
 
 
 def flush_targets(mm: MmStruct, freed_tables: bool) -> int:
@@ -72,17 +76,17 @@ def flush_targets(mm: MmStruct, freed_tables: bool) -> int:
     return mask & me
 
 
-def flush_tlb_mm_range(tlb: MmuGather, start: int, end: int, stride_shift: int,
-                       freed_tables: bool) -> None:
-    """Flush [start, end) of ``tlb.mm`` with INVLPG every 1 << stride_shift
-    bytes, or everything; report it as one ``tlb_flush`` event and one
-    ``tlb_invalidate`` event per kind of flush the CPUs reached carry out."""
+def invalidations(mm: MmStruct, start: int, end: int, stride_shift: int,
+                  freed_tables: bool) -> tuple[bool, int, int, list[Invalidate]]:
+    """What ``flush_tlb_mm_range()`` makes the CPUs do for [start, end) of
+    ``mm`` with INVLPG every 1 << stride_shift bytes, or everything: (a
+    full flush?, start, end, one Invalidate per kind of flush the CPUs
+    reached carry out; none when no CPU had anything to do)."""
     # Unsigned: an empty range (start TASK_SIZE, end 0) wraps into a full flush.
     if end == TLB_FLUSH_ALL or ((end - start) & MASK64) >> stride_shift > (
             TLB_SINGLE_PAGE_FLUSH_CEILING):
         start, end = 0, TLB_FLUSH_ALL
     full = end == TLB_FLUSH_ALL
-    mm = tlb.mm
     targets = flush_targets(mm, freed_tables)
     lazy = targets & mm.lazy_cpus
     flushing = targets & ~lazy
@@ -100,6 +104,15 @@ def flush_tlb_mm_range(tlb: MmuGather, start: int, end: int, stride_shift: int,
         # flush_tlb_func() on a lazy CPU switches it to init_mm: afterwards
         # it holds nothing of the mm and cannot walk its tables.
         hw.append(Invalidate(OP_LAZY, cpus=lazy, walk=WALK_ASID, waits=True))
+    return full, start, end, hw
+
+
+def flush_tlb_mm_range(tlb: MmuGather, start: int, end: int, stride_shift: int,
+                       freed_tables: bool) -> None:
+    """Flush [start, end) of ``tlb.mm`` with INVLPG every 1 << stride_shift
+    bytes, or everything; report it as one ``tlb_flush`` event and one
+    ``tlb_invalidate`` event per kind of flush the CPUs reached carry out."""
+    full, start, end, hw = invalidations(tlb.mm, start, end, stride_shift, freed_tables)
     if not hw:
         return  # no CPU had anything to do: no flush was issued
     if full:
@@ -115,6 +128,16 @@ def tlb_flush(tlb: MmuGather) -> bool:
     if not tlb.fullmm and not tlb.need_flush_all:
         start, end = tlb.start, tlb.end
     flush_tlb_mm_range(tlb, start, end, tlb.tlb_get_unmap_shift(), tlb.freed_tables)
+    return True
+
+
+@hookimpl
+def flush_tlb_batched_pending(tlb: MmuGather) -> bool:
+    """mm/rmap.c's flush_tlb_batched_pending() with x86's flush_tlb_mm(),
+    which is flush_tlb_mm_range(mm, 0, TLB_FLUSH_ALL, 0, true): every CPU
+    of the mm, lazy ones too."""
+    if tlb.mm.tlb_flush_batched:
+        settle(tlb, invalidations(tlb.mm, 0, TLB_FLUSH_ALL, 0, True)[3])
     return True
 
 
@@ -135,7 +158,8 @@ SPEC = ArchSpec(
     description="v6.5 x86-64 native, 4-level: flush_tlb_mm_range() (INVLPG per stride "
     "up to 33 strides, else CR3), IPIs that wait and skip lazy CPUs unless tables were "
     "freed, MERGE_VMAS, page tables freed as pages after the flush",
-    features=("SMP", "MMU_GATHER_MERGE_VMAS"),
+    features=("SMP", "MMU_GATHER_MERGE_VMAS", "ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH",
+              "ARCH_WANT_HUGE_PMD_SHARE"),
     plugins=(sys.modules[__name__],),
     geometry=geometry,
     page_sizes=(4096,),

@@ -32,20 +32,36 @@ class ArchError(Exception):
 
 @attrs.frozen(slots=True)
 class ArchSpec:
-    """One arch configuration.
+    """One arch configuration: what an arch author writes (``docs/hooks.md``,
+    "Arch configurations"; ``docs/tutorial-new-arch.md`` builds one).
 
-    ``geometry`` maps a PAGE_SIZE to the constants the arch compiles in;
-    ``page_sizes`` are the sizes it supports.  ``plugins`` are registered after
-    the feature plugins, so they override them.
+    A machine for it (:func:`make_machine`) registers the generic plugin,
+    then one plugin per feature, then ``plugins``: each later one overrides
+    the hooks of those before.  Hooks reach the spec of the machine they
+    run on as ``tlb.machine.arch``.
     """
 
+    #: the name commands and tests select it by (``--arch NAME``); unique
+    #: in the registry
     name: str
+    #: one line for ``mmugather arches``: what the arch does that others do not
     description: str
+    #: the Kconfig-style features it selects, each a plugin of
+    #: :mod:`mmugather.plugins` (``SMP``, ``MMU_GATHER_RCU_TABLE_FREE``...;
+    #: :meth:`resolved_features` adds what each selects)
     features: tuple[str, ...] = ()
+    #: its own plugins (modules or objects with ``hookimpl`` functions):
+    #: what only this arch does, ``tlb_flush()`` first of all
     plugins: tuple[Any, ...] = ()
+    #: PAGE_SIZE -> the :class:`~mmugather.core.constants.Geometry` the
+    #: arch compiles in (its shifts, folded levels and TASK_SIZE); the
+    #: default derives a five-level x86-like one
     geometry: Callable[[int], Geometry] = Geometry
+    #: the PAGE_SIZEs it supports; the first is the default (``mmugather
+    #: run`` falls back to 4096 when a scenario does not fit the first)
     page_sizes: tuple[int, ...] = PAGE_SIZES
-    #: where it came from: "built-in" or "entry point NAME (DIST VERSION)"
+    #: where it came from: "built-in", "entry point NAME (DIST VERSION)" or
+    #: "plugin NAME" (set by the registry, not by the author)
     origin: str = "built-in"
 
     def resolved_features(self) -> list[str]:

@@ -52,6 +52,14 @@ F_SHARED = 0x40  # file folio mapped MAP_SHARED somewhere (writeback matters)
 
 VMA_KINDS = ("anon", "file", "file-shared", "hugetlb", "pfnmap")
 
+#: The mm's rss counters (include/linux/mm_types_task.h), indexes of
+#: ``AddressSpace.rss_stat``; a MAP_SHARED file of the model is no shmem,
+#: so MM_SHMEMPAGES is not kept
+MM_FILEPAGES = 0
+MM_ANONPAGES = 1
+MM_SWAPENTS = 2
+RSS_NAMES = ("MM_FILEPAGES", "MM_ANONPAGES", "MM_SWAPENTS")
+
 
 @attrs.define(slots=True, eq=False)
 class MmVma:
@@ -177,7 +185,9 @@ class AddressSpace:
     deposited: dict[int, int] = attrs.Factory(dict)
     #: PUD index -> encoded huge PUD (1G hugetlb)
     huge_puds: dict[int, int] = attrs.Factory(dict)
-    #: PUD index -> PMD table id; P4D index -> PUD table id; PGD index -> P4D table id
+    #: PUD index -> PMD table id; P4D index -> PUD table id; PGD index -> P4D
+    #: table id (a folded level's index is the one of the level above: no
+    #: table of that level, the one below in its place)
     pmd_tables: dict[int, int] = attrs.Factory(dict)
     pud_tables: dict[int, int] = attrs.Factory(dict)
     p4d_tables: dict[int, int] = attrs.Factory(dict)
@@ -189,6 +199,14 @@ class AddressSpace:
     next_swap: int = 1
     #: table id -> (level, address) for every live table
     tables: dict[int, tuple[str, int]] = attrs.Factory(dict)
+    #: mm->rss_stat: pages mapped (by file and anon) and swap entries, as the
+    #: builder mapped them and the zaps took them away (mm_counter());
+    #: exit must bring each back to 0 (check_mm())
+    rss_stat: list[int] = attrs.Factory(lambda: [0, 0, 0])
+    #: hugetlb PMD tables shared with other processes: table id -> users
+    #: (the table page's reference count in v6.5; a table not listed has
+    #: this mm alone)
+    pmd_share: dict[int, int] = attrs.Factory(dict)
 
     # --- geometry shortcuts -------------------------------------------------
 
@@ -207,14 +225,19 @@ class AddressSpace:
         return tid
 
     def ensure_tables(self, addr: int, upto: str = "pte") -> PteTable | None:
-        """Allocate the tables down to ``upto`` ("pmd" stops above the PTE table)."""
+        """Allocate the tables down to ``upto`` ("pmd" stops above the PTE
+        table, "pud" above the PMD table).  A folded level has no table: the
+        table below hangs from the entry above (p4d_alloc() and pud_alloc()
+        allocate nothing there)."""
         geo = self.geometry
-        pgd_i = addr >> self.pgdir_shift
-        if pgd_i not in self.p4d_tables:
-            self.p4d_tables[pgd_i] = self.new_table("p4d", addr)
-        p4d_i = addr >> geo.p4d_shift
-        if p4d_i not in self.pud_tables:
-            self.pud_tables[p4d_i] = self.new_table("pud", addr)
+        if not geo.p4d_folded:
+            pgd_i = addr >> self.pgdir_shift
+            if pgd_i not in self.p4d_tables:
+                self.p4d_tables[pgd_i] = self.new_table("p4d", addr)
+        if not geo.pud_folded:
+            p4d_i = addr >> geo.p4d_shift
+            if p4d_i not in self.pud_tables:
+                self.pud_tables[p4d_i] = self.new_table("pud", addr)
         pud_i = addr >> geo.pud_shift
         if upto == "pud":
             return None

@@ -1,28 +1,36 @@
-"""Structured events: the model's public output, emitted through structlog.
+"""Structured events: the model's public output.
 
-The engine holds ``emit``, a structlog bound method, or ``None`` when nothing
+The engine holds ``emit(event, **fields)``, or ``None`` when nothing
 listens; every emitting site tests for ``None`` first, so a run with events
 off pays one attribute test per site and builds no dict.
 
 Observers (the invariant checker, test collectors) are structlog processors
-placed before the renderer: they see every event dict in order and pass it
-on unchanged.  Event names and fields are documented in ``docs/events.md``
-and versioned by :data:`EVENTS_VERSION`.
+that see every event dict in order and pass it on unchanged.  The default
+output, JSON Lines, is written directly: the observers, then
+``orjson.dumps`` and a buffered write per event (:func:`make_emit`).  The
+console format and any other processor go through a structlog chain, which
+writes JSON Lines byte for byte the same (:func:`make_structlog_emit`).
+Event names and fields are documented in ``docs/events.md`` and versioned
+by :data:`EVENTS_VERSION`.
+
+structlog is imported only when a structlog chain is built or an observer
+may drop events: a plain replay does without it (a tenth of a second of
+start-up).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
-import structlog
+import orjson
 
 if TYPE_CHECKING:
     from mmugather.core.clearrun import ClearRun
 
 #: Bumped on any change to an event's name or fields.
-EVENTS_VERSION = 3
+EVENTS_VERSION = 4
 
 #: The events the replay contract (replay-v1) fixes.
 CONTRACT_EVENTS = frozenset(
@@ -76,6 +84,10 @@ CALLER_EVENTS = frozenset(
         "large_folio_rmap",
         "rmap_remove_ptes",
         "force_flush",
+        "flush_tlb_batched_pending",
+        "pmd_unshare",
+        "i_mmap_lock",
+        "i_mmap_unlock",
         "violation",
     }
 )
@@ -89,13 +101,15 @@ HARDWARE_EVENTS = frozenset({"hw_config", "tlb_invalidate", "pte_clear_flush", "
 
 #: Events of the explorer (``mmugather explore``, ``core/explore``): the
 #: steps of its own actors (user threads, gup_fast, writeback, reclaim, the
-#: allocator), a zapping thread entering and leaving its system call, and
+#: allocator, a driver, a process sharing a PMD table), a zapping thread
+#: entering and leaving its system call, and
 #: the property a counterexample breaks.  Never in a run or a replay.
 EXPLORER_EVENTS = frozenset({
     "syscall_enter", "syscall_return", "user_access", "user_fault", "gup_irq", "gup_walk",
     "gup_grab", "gup_recheck", "gup_put", "writeback_mkclean", "writeback_lock",
     "writeback_clean", "writeback_clear_dirty", "writeback_io", "writeback_evict",
-    "reclaim_lock", "reclaim_unmap", "reclaim_flush", "page_reuse", "property_violation",
+    "reclaim_lock", "reclaim_unmap", "reclaim_flush", "page_reuse", "driver_unmap",
+    "driver_free", "sharer_unmap", "sharer_reuse", "property_violation",
 })
 
 ALL_EVENTS = (CONTRACT_EVENTS | MODEL_EVENTS | DETAIL_EVENTS | CALLER_EVENTS | HARDWARE_EVENTS
@@ -104,35 +118,6 @@ ALL_EVENTS = (CONTRACT_EVENTS | MODEL_EVENTS | DETAIL_EVENTS | CALLER_EVENTS | H
 EventDict = MutableMapping[str, Any]
 Processor = Callable[[Any, str, EventDict], Any]
 Emit = Callable[..., Any]
-
-
-class JsonLinesLogger:
-    """A structlog logger writing rendered lines (the JSON renderer ends each
-    with its newline), unflushed.
-
-    structlog's own BytesLogger flushes per line; a replay writes millions of
-    lines, so this one leaves buffering to the file object, and its methods
-    are the file's ``write`` itself.
-    """
-
-    __slots__ = ("info", "msg")
-
-    def __init__(self, file: IO[bytes]) -> None:
-        self.info = self.msg = file.write
-
-
-class TextLogger:
-    """A structlog logger writing rendered text lines (the console format)."""
-
-    __slots__ = ("_write",)
-
-    def __init__(self, file: IO[str]) -> None:
-        self._write = file.write
-
-    def msg(self, message: str) -> None:
-        self._write(message + "\n")
-
-    info = msg
 
 
 def _fan_out(observers: list[Processor]) -> Emit:
@@ -168,78 +153,66 @@ def _fan_out(observers: list[Processor]) -> Emit:
     return emit
 
 
-def _json_renderer() -> Processor:
-    """structlog's JSON renderer, each event rendered as one line with its
-    newline (orjson appends it without another copy of the bytes)."""
+def json_default(obj: Any) -> Any:
+    """What orjson writes for an object it cannot serialize: the fallback
+    of structlog's JSON renderer (``__structlog__()``, else ``repr()``)."""
     try:
-        import orjson
-    except ImportError:  # pragma: no cover - orjson is a dependency
-        import json
-
-        def dumps(obj: Any, **kw: Any) -> bytes:
-            return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-        return structlog.processors.JSONRenderer(serializer=dumps)
-
-    dumps_line = orjson.dumps
-    newline = orjson.OPT_APPEND_NEWLINE
-
-    class JsonLineRenderer(structlog.processors.JSONRenderer):
-        """``JSONRenderer(serializer=orjson.dumps, option=OPT_APPEND_NEWLINE)``
-        that calls orjson directly instead of spreading its keyword
-        arguments again for every event."""
-
-        def __init__(self) -> None:
-            super().__init__(serializer=dumps_line, option=newline)
-            #: structlog's fallback for objects orjson cannot serialize
-            self.fallback = self._dumps_kw["default"]
-
-        def __call__(self, logger: Any, name: str, event_dict: EventDict) -> bytes:
-            return dumps_line(event_dict, default=self.fallback, option=newline)
-
-    return JsonLineRenderer()
+        return obj.__structlog__()
+    except AttributeError:
+        return repr(obj)
 
 
-class EventLogger(structlog.BoundLoggerBase):
-    """The bound logger of the event stream, the wrapper class of
-    :func:`make_emit`.
+_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
-    ``info(event, **fields)`` does what structlog's filtering bound logger
-    does for an enabled level: the event dict is the bound context, then the
-    fields, then ``event``; the processors run in order (one may raise
-    ``DropEvent``); the last one's result goes to the wrapped logger's
-    ``info``.  It leaves out what events never use and what would cost a
-    replay most of its time per event: level filtering (every event is
-    wanted), ``%``-interpolation of positional arguments, the logger method
-    lookup by name, and the dispatch on the result's type (the renderers here
-    return ``bytes`` or ``str``).
-    """
 
-    def __init__(self, logger: Any, processors: Iterable[Any], context: dict[str, Any]) -> None:
-        super().__init__(logger, processors, context)
-        #: the processor chain, fixed for this logger
-        self._chain: tuple[Processor, ...] = tuple(processors)
-        #: the chain's only processor (the renderer of a plain replay), or None
-        self._only: Processor | None = self._chain[0] if len(self._chain) == 1 else None
+def render(event_dict: EventDict) -> bytes:
+    """One event as its JSON line: what both the direct writer and the
+    structlog chain write."""
+    return orjson.dumps(event_dict, json_default, _NEWLINE)
 
-    def info(self, event: str, **fields: Any) -> Any:
+
+def _json_writer(file: IO[bytes], observers: list[Processor]) -> Emit:
+    """``emit`` writing JSON Lines directly: the observers in order, as a
+    structlog chain would run them (each gets what the one before returned;
+    ``structlog.DropEvent`` drops the event), then ``orjson.dumps`` and the
+    file's buffered ``write``."""
+    write = file.write
+    dumps = orjson.dumps
+    default = json_default
+    newline = _NEWLINE
+    if not observers:
+
+        def emit(event: str, **fields: Any) -> None:
+            fields["event"] = event
+            write(dumps(fields, default, newline))
+
+        # The writer of the lines, for callers that write a line they
+        # rendered once themselves (replay's ``return`` events, JsonRows).
+        emit.raw_write = write  # type: ignore[attr-defined]
+        return emit
+
+    from structlog import DropEvent
+
+    chain = tuple(observers)
+
+    def emit_observed(event: str, **fields: Any) -> None:
+        fields["event"] = event
         event_dict: Any = fields
-        if self._context:
-            event_dict = self._context.copy()
-            event_dict.update(fields)
-        event_dict["event"] = event
-        logger = self._logger
-        only = self._only
         try:
-            if only is not None:
-                return logger.info(only(logger, "info", event_dict))
-            for processor in self._chain:
-                event_dict = processor(logger, "info", event_dict)
-        except structlog.DropEvent:
-            return None
-        return logger.info(event_dict)
+            for observer in chain:
+                event_dict = observer(None, "info", event_dict)
+        except DropEvent:
+            return
+        write(dumps(event_dict, default, newline))
 
-    msg = info
+    return emit_observed
+
+
+def raw_write(emit: Emit | None) -> Callable[[bytes], Any] | None:
+    """The ``write`` behind a direct JSON Lines ``emit`` that nothing
+    observes, else None: a line written there is exactly an event written
+    through ``emit`` when it is the event's :func:`render`."""
+    return getattr(emit, "raw_write", None)
 
 
 #: One PTE cleared by ``zap_pte_range()``, the bulk form of a ``pte_clear``
@@ -304,6 +277,41 @@ class EventRows:
         def rmap_remove(pages: Sequence[int], vma_start: int) -> None:
             for page in pages:
                 emit("rmap_remove", page=page)
+
+        self.pte_clear = pte_clear
+        self.pte_clear_run = pte_clear_run
+        self.rmap_remove = rmap_remove
+
+
+#: An ``rmap_remove`` event's line for an integer page, as orjson renders it.
+_RMAP_LINE = b'{"page":%d,"event":"rmap_remove"}\n'
+_U64 = (1 << 64) - 1
+
+
+class JsonRows:
+    """:class:`PageRows` for a direct JSON Lines writer that nothing
+    observes: each row is written as its event's line at once, rendered
+    without a call through ``emit`` (the same bytes: an integer page is
+    formatted as orjson formats it, anything else goes through
+    :func:`render`)."""
+
+    __slots__ = ("pte_clear", "pte_clear_run", "rmap_remove")
+
+    def __init__(self, write: Callable[[bytes], Any]) -> None:
+        def pte_clear(row: ClearRow) -> None:
+            write(render(clear_event(row)))
+
+        def pte_clear_run(run: ClearRun) -> None:
+            write(b"".join([render(clear_event(row)) for row in run.rows()]))
+
+        def rmap_remove(pages: Sequence[int], vma_start: int) -> None:
+            lines = []
+            for page in pages:
+                if type(page) is int and 0 <= page <= _U64:
+                    lines.append(_RMAP_LINE % page)
+                else:
+                    lines.append(render({"page": page, "event": "rmap_remove"}))
+            write(b"".join(lines))
 
         self.pte_clear = pte_clear
         self.pte_clear_run = pte_clear_run
@@ -406,15 +414,18 @@ def make_stream(
         bus = RowBus(observers)  # type: ignore[arg-type]
         return bus.emit, bus
     emit = make_emit(observers=observers, file=file, fmt=fmt)
-    return emit, (EventRows(emit) if emit is not None else None)
+    return emit, page_rows(emit, None)
 
 
 def page_rows(emit: Emit | None, rows: PageRows | None) -> PageRows | None:
     """The :class:`PageRows` of a stream: ``rows`` if it was built with the
-    stream, else one that emits each event through ``emit``."""
+    stream, else one that writes or emits each event."""
     if rows is not None:
         return rows
-    return EventRows(emit) if emit is not None else None
+    if emit is None:
+        return None
+    write = raw_write(emit)
+    return JsonRows(write) if write is not None else EventRows(emit)
 
 
 def make_emit(
@@ -422,36 +433,30 @@ def make_emit(
     observers: list[Processor] | None = None,
     file: IO[bytes] | IO[str] | None = None,
     fmt: Literal["json", "console"] = "json",
+    processors: list[Processor] | None = None,
 ) -> Emit | None:
     """Build the ``emit`` callable for the engine, or ``None`` if nobody listens.
 
     ``file`` receives JSON Lines (``fmt="json"``, a binary file) or a readable
     rendering (``fmt="console"``, a text file).  ``observers`` run first, in
-    order, on every event.
+    order, on every event.  JSON Lines are written directly
+    (:func:`_json_writer`); the console format, and ``processors`` (any
+    structlog processors, run after the observers: they may change, add or
+    drop events), go through structlog (:mod:`mmugather.core.events_structlog`).
     """
     observers = list(observers or ())
-    if file is None and not observers:
-        return None
-    if file is None:
-        return _fan_out(observers)
-    processors: list[Processor] = list(observers)
-    logger: Any
-    if fmt == "json":
-        processors.append(_json_renderer())
-        logger = JsonLinesLogger(file)  # type: ignore[arg-type]
-    else:
-        colors = bool(getattr(file, "isatty", lambda: False)())
-        processors.append(
-            structlog.dev.ConsoleRenderer(colors=colors, pad_event_to=24, sort_keys=False)
-        )
-        logger = TextLogger(file)  # type: ignore[arg-type]
-    bound = structlog.wrap_logger(
-        logger,
-        processors=processors,
-        wrapper_class=EventLogger,
-        cache_logger_on_first_use=True,
-    )
-    return bound.info  # type: ignore[no-any-return]
+    if processors:
+        if file is None:
+            raise ValueError("processors need a file to write to")
+    elif file is None:
+        return _fan_out(observers) if observers else None
+    elif fmt == "json":
+        return _json_writer(file, observers)  # type: ignore[arg-type]
+    from mmugather.core.events_structlog import make_structlog_emit
+
+    emit: Emit = make_structlog_emit(file=file, observers=observers, processors=processors,
+                                     fmt=fmt)
+    return emit
 
 
 class Collector:

@@ -157,7 +157,7 @@ class MmuGather:
         if self.finished:
             raise GatherError("tlb_finish_mmu() on a finished gather")
         if nested is None:
-            nested = self.mm.tlb_flush_pending > 1
+            nested = self.mm_tlb_flush_nested()
         if nested:
             self.tlb_finish_nested()
         self.tlb_flush_mmu()
@@ -167,6 +167,11 @@ class MmuGather:
         self.machine.stale_vma_flags = (self.vma_exec, self.vma_huge, self.vma_pfn)
         if self.emit is not None:
             self.emit("gather_end", nested=nested)
+
+    def mm_tlb_flush_nested(self) -> bool:
+        """mm_tlb_flush_nested(): another gather is in flight on this mm
+        (its tlb_flush_pending count is above this gather's own 1)."""
+        return self.mm.tlb_flush_pending > 1
 
     def tlb_finish_nested(self) -> None:
         """tlb_finish_mmu() when mm_tlb_flush_nested(): the final flush
@@ -499,6 +504,12 @@ class MmuGather:
             self.rows.rmap_remove(pages, vma.start)
         if self.model is not None:
             self.model.gather_remove_rmaps(pages, vma)
+
+    def flush_tlb_batched_pending(self) -> None:
+        """flush_tlb_batched_pending(tlb->mm): called with a PTE table's lock
+        held, settle any TLB flush reclaim deferred for this mm (the hook of
+        that name; nothing where the arch does not batch them)."""
+        self.hook.flush_tlb_batched_pending(tlb=self)
 
     # ------------------------------------------------------------------
     # Page tables

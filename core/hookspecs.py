@@ -212,6 +212,47 @@ def tlb_discard_rmaps(tlb: MmuGather) -> bool:
 
 
 # --------------------------------------------------------------------------
+# Per PTE table, under its lock
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def flush_tlb_batched_pending(tlb: MmuGather) -> bool:
+    """Settle a TLB flush that reclaim still owes ``tlb.mm``
+    (``flush_tlb_batched_pending()`` of mm/rmap.c).
+
+    Reclaim's batched unmap (``try_to_unmap()`` with TTU_BATCH_FLUSH)
+    clears PTEs under the page-table lock and defers their flush; it counts
+    the deferral in ``tlb.mm.tlb_flush_batched``.  A zap that then finds
+    those PTEs already clear has nothing of its own to flush, yet must not
+    return while a CPU may still use the entries reclaim cleared
+    (3ea277194daa).  So ``zap_pte_range()`` calls this right after it takes
+    the PTE table's lock (the lock reclaim held): if a flush is owed, flush
+    the whole mm and clear the count.  Once per PTE table.
+
+    *firstresult*; return ``True``.  Generic: nothing (no arch batches
+    reclaim's flushes).  **Overridden by**: ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH
+    (``flush_tlb_mm()`` and clear the count); x86-64, the one arch that
+    selects it in v6.5, with its own ``flush_tlb_mm()``.
+    """
+
+
+@hookspec(firstresult=True)
+def huge_pmd_unshare_sync(tlb: MmuGather) -> bool:
+    """``huge_pmd_unshare()`` cleared this mm's PUD entry to a hugetlb PMD
+    table shared with another process and is about to drop its reference
+    on the table (``mm/hugetlb.c``): the last moment to make sure no
+    lockless walker (gup_fast, interrupts off) that read the old PUD entry
+    is still inside the table, which the other process may own, change or
+    free as soon as the reference is gone.
+
+    *firstresult*; return ``True``.  Generic (v6.5): nothing.
+    **Overridden by**: the fix 1013af4f585f (``core/fixes.py``):
+    ``tlb_remove_table_sync_one()``.
+    """
+
+
+# --------------------------------------------------------------------------
 # VMA boundaries
 # --------------------------------------------------------------------------
 

@@ -2,19 +2,18 @@
 
 A replay file is JSON Lines, one call per line (``docs/replay.md``, the
 contract).  The whole file is parsed and validated first and compiled to a
-list of tuples; only then does anything run, so bad input writes nothing.
+list of tuples (:mod:`mmugather.core.replay_input`); only then does anything
+run, here, so bad input writes nothing.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Callable, Iterator
+import gc
+from collections.abc import Callable, Iterable
 from typing import IO, Any, NoReturn
 
 import attrs
-from mmugather.core.constants import MASK32, MASK64
-from mmugather.core.events import Emit
+from mmugather.core.events import Emit, raw_write, render
 from mmugather.core.gather import (
     GatherError,
     KernelBug,
@@ -22,391 +21,61 @@ from mmugather.core.gather import (
     tlb_gather_mmu,
     tlb_gather_mmu_fullmm,
 )
-from mmugather.core.mm import ALLOC_KINDS, Machine, MmStruct
-from mmugather.core.vma import FLAG_NAMES, Vma
-
-try:
-    import orjson
-
-    _loads: Callable[[bytes], Any] = orjson.loads
-except ImportError:  # pragma: no cover - orjson is a dependency
-    _loads = json.loads
-
-
-class ReplayError(Exception):
-    """Rejected input: ``path:line: reason``."""
-
-    def __init__(self, path: str, line: int | None, reason: str) -> None:
-        self.path = path
-        self.line = line
-        self.reason = reason
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {reason}")
-
-
-#: A "0x..." string: hex digits only (no sign, no underscores).
-_HEX = re.compile(r"0[xX][0-9a-fA-F]+")
-
-# Field kinds.
-ADDR = "address"  # 0..2^64-1, int or "0x..." string
-ID = "id"  # 0..2^64-1
-SIZE = "size"  # 1..2^32-1
-COUNT = "count"  # 0..2^64-1
-BOOL = "bool"
-FLAGS = "flags"
-WHAT = "what"
-
-VMA_FIELDS = {"start": (ADDR, None), "end": (ADDR, None), "flags": (FLAGS, 0)}
-
-#: op -> {field: (kind, default or None when required)}
-OPS: dict[str, dict[str, tuple[str, Any]]] = {
-    "tlb_gather_mmu": {"fullmm": (BOOL, False)},
-    "tlb_finish_mmu": {"nested": (BOOL, False)},
-    "tlb_start_vma": VMA_FIELDS,
-    "tlb_end_vma": VMA_FIELDS,
-    "tlb_remove_tlb_entry": {"addr": (ADDR, None)},
-    "tlb_remove_pmd_tlb_entry": {"addr": (ADDR, None)},
-    "tlb_remove_pud_tlb_entry": {"addr": (ADDR, None)},
-    "tlb_remove_huge_tlb_entry": {"addr": (ADDR, None), "size": (SIZE, None)},
-    "__tlb_remove_page_size": {
-        "page": (ID, None),
-        "size": (SIZE, "PAGE_SIZE"),
-        "delay_rmap": (BOOL, False),
-    },
-    "tlb_remove_page_size": {"page": (ID, None), "size": (SIZE, "PAGE_SIZE")},
-    "tlb_change_page_size": {"size": (SIZE, None)},
-    "tlb_flush_mmu_tlbonly": {},
-    "tlb_flush_mmu": {},
-    "tlb_batch_rmap": {},
-    "tlb_flush_rmaps": VMA_FIELDS,
-    "tlb_discard_rmaps": {},
-    "pte_free_tlb": {"table": (ID, None), "addr": (ADDR, None)},
-    "pmd_free_tlb": {"table": (ID, None), "addr": (ADDR, None)},
-    "pud_free_tlb": {"table": (ID, None), "addr": (ADDR, None)},
-    "p4d_free_tlb": {"table": (ID, None), "addr": (ADDR, None)},
-    "rcu_grace_period": {},
-    "fail_alloc": {"what": (WHAT, None), "count": (COUNT, 1)},
-}
-
-#: Ops allowed outside a gather.
-ANYWHERE = frozenset({"tlb_batch_rmap", "rcu_grace_period", "fail_alloc"})
-
-# Compiled op codes, roughly by frequency (the run loop tests in this order).
-(
-    C_ENTRY,
-    C_QUEUE,
+from mmugather.core.mm import Machine, MmStruct
+from mmugather.core.replay_input import (
+    ADDR,
+    ANYWHERE,
+    BIT,
+    BOOL,
     C_BATCH_RMAP,
-    C_FLUSH_RMAPS,
-    C_DISCARD,
     C_CHANGE_SIZE,
-    C_REMOVE_PAGE,
-    C_TLBONLY,
+    C_DISCARD,
+    C_END_VMA,
+    C_ENTRY,
+    C_FAIL,
+    C_FINISH,
     C_FLUSH,
+    C_FLUSH_RMAPS,
+    C_FREE_P4D,
+    C_FREE_PMD,
+    C_FREE_PTE,
+    C_FREE_PUD,
+    C_GATHER,
+    C_HUGE_ENTRY,
     C_PMD_ENTRY,
     C_PUD_ENTRY,
-    C_HUGE_ENTRY,
-    C_START_VMA,
-    C_END_VMA,
-    C_FREE_PTE,
-    C_FREE_PMD,
-    C_FREE_PUD,
-    C_FREE_P4D,
-    C_GATHER,
-    C_FINISH,
+    C_QUEUE,
     C_RCU,
-    C_FAIL,
-) = range(22)
-
-CODES = {
-    "tlb_remove_tlb_entry": C_ENTRY,
-    "__tlb_remove_page_size": C_QUEUE,
-    "tlb_batch_rmap": C_BATCH_RMAP,
-    "tlb_flush_rmaps": C_FLUSH_RMAPS,
-    "tlb_discard_rmaps": C_DISCARD,
-    "tlb_change_page_size": C_CHANGE_SIZE,
-    "tlb_remove_page_size": C_REMOVE_PAGE,
-    "tlb_flush_mmu_tlbonly": C_TLBONLY,
-    "tlb_flush_mmu": C_FLUSH,
-    "tlb_remove_pmd_tlb_entry": C_PMD_ENTRY,
-    "tlb_remove_pud_tlb_entry": C_PUD_ENTRY,
-    "tlb_remove_huge_tlb_entry": C_HUGE_ENTRY,
-    "tlb_start_vma": C_START_VMA,
-    "tlb_end_vma": C_END_VMA,
-    "pte_free_tlb": C_FREE_PTE,
-    "pmd_free_tlb": C_FREE_PMD,
-    "pud_free_tlb": C_FREE_PUD,
-    "p4d_free_tlb": C_FREE_P4D,
-    "tlb_gather_mmu": C_GATHER,
-    "tlb_finish_mmu": C_FINISH,
-    "rcu_grace_period": C_RCU,
-    "fail_alloc": C_FAIL,
-}
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number with a fraction or exponent"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
-
-
-def _integer(field: str, value: Any, lo: int, hi: int, hex_ok: bool) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        want = "a non-negative integer" + (' or a "0x..." string' if hex_ok else "")
-        raise ValueError(f"field {field!r} must be {want}, not {_type_name(value)}")
-    if isinstance(value, str):
-        if not hex_ok:
-            raise ValueError(f"field {field!r} must be a non-negative integer, not a string")
-        text = value.strip()
-        if not _HEX.fullmatch(text):
-            raise ValueError(f'field {field!r}: {value!r} is not an integer nor a "0x..." string')
-        value = int(text[2:], 16)
-    if not lo <= value <= hi:
-        raise ValueError(f"field {field!r}: {value} is outside {lo}..{hi}")
-    return int(value)
-
-
-def _field(op: str, field: str, kind: str, value: Any) -> Any:
-    if kind in (ADDR, ID):
-        return _integer(field, value, 0, MASK64, True)
-    if kind == SIZE:
-        return _integer(field, value, 1, MASK32, True)
-    if kind == COUNT:
-        return _integer(field, value, 0, MASK64, False)
-    if kind == BOOL:
-        if not isinstance(value, bool):
-            raise ValueError(f"field {field!r} must be true or false, not {_type_name(value)}")
-        return value
-    if kind == FLAGS:
-        if not isinstance(value, list):
-            raise ValueError(
-                f"field {field!r} must be a list of flag names, not {_type_name(value)}"
-            )
-        bits = 0
-        for name in value:
-            if not isinstance(name, str) or name not in FLAG_NAMES:
-                raise ValueError(
-                    f"field {field!r}: unknown flag {name!r} (known: {', '.join(FLAG_NAMES)})"
-                )
-            bits |= FLAG_NAMES[name]
-        return bits
-    if kind == WHAT:
-        if value not in ALLOC_KINDS:
-            raise ValueError(
-                f"field {field!r}: unknown allocation kind {value!r} "
-                f"(known: {', '.join(ALLOC_KINDS)})"
-            )
-        return value
-    raise AssertionError(kind)  # pragma: no cover
-
-
-#: A compiled op: (line, code, op name, a, b, c)
-Compiled = tuple[int, int, str, Any, Any, Any]
-
-
-def _compile(op: str, args: dict[str, Any], page_size: int) -> tuple[Any, Any, Any]:
-    code = CODES[op]
-    if code in (C_START_VMA, C_END_VMA, C_FLUSH_RMAPS):
-        return Vma(args["start"], args["end"], args["flags"]), None, None
-    if code == C_QUEUE:
-        return args["page"], args["size"], int(args["delay_rmap"])
-    if code == C_REMOVE_PAGE:
-        return args["page"], args["size"], None
-    if code in (C_ENTRY, C_PMD_ENTRY, C_PUD_ENTRY):
-        return args["addr"], None, None
-    if code == C_HUGE_ENTRY:
-        return args["addr"], args["size"], None
-    if code in (C_FREE_PTE, C_FREE_PMD, C_FREE_PUD, C_FREE_P4D):
-        return args["table"], args["addr"], None
-    if code == C_CHANGE_SIZE:
-        return args["size"], None, None
-    if code == C_GATHER:
-        return args["fullmm"], None, None
-    if code == C_FINISH:
-        return args["nested"], None, None
-    if code == C_FAIL:
-        return args["what"], args["count"], None
-    return None, None, None
-
-
-def parse_line(raw: bytes, lineno: int, path: str, page_size: int) -> Compiled | None:
-    """Validate one line; None for blank and comment lines."""
-    text = raw.strip()
-    if not text or text.startswith(b"#"):
-        return None
-    try:
-        obj = _loads(text)
-    except ValueError:
-        try:
-            text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ReplayError(path, lineno, f"not UTF-8 text (byte {exc.start + 1})") from None
-        try:
-            obj = json.loads(text)
-        except ValueError as exc:
-            raise ReplayError(path, lineno, f"not JSON: {exc}") from None
-        except RecursionError:
-            raise ReplayError(path, lineno, "not JSON: nested too deeply") from None
-    if not isinstance(obj, dict):
-        raise ReplayError(path, lineno, f"not a JSON object but {_type_name(obj)}")
-    if "op" not in obj:
-        raise ReplayError(path, lineno, "missing field 'op'")
-    op = obj["op"]
-    if not isinstance(op, str):
-        raise ReplayError(path, lineno, f"field 'op' must be a string, not {_type_name(op)}")
-    spec = OPS.get(op)
-    if spec is None:
-        raise ReplayError(path, lineno, f"unknown op {op!r}")
-    args: dict[str, Any] = {}
-    for key, value in obj.items():
-        if key == "op":
-            continue
-        if key not in spec:
-            known = ", ".join(spec) or "none"
-            raise ReplayError(path, lineno, f"{op}: unknown field {key!r} (fields: {known})")
-        try:
-            args[key] = _field(op, key, spec[key][0], value)
-        except ValueError as exc:
-            raise ReplayError(path, lineno, f"{op}: {exc}") from None
-    for key, (_kind, default) in spec.items():
-        if key not in args:
-            if default is None:
-                raise ReplayError(path, lineno, f"{op}: missing field {key!r}")
-            args[key] = page_size if default == "PAGE_SIZE" else default
-    a, b, c = _compile(op, args, page_size)
-    return (lineno, CODES[op], op, a, b, c)
-
-
-#: Ops whose canonical line ends in its one integer field, ``{"op":"NAME","FIELD":N}``.
-_INT_TAIL_OPS = (
-    ("tlb_remove_tlb_entry", "addr"),
-    ("__tlb_remove_page_size", "page"),
-    ("tlb_change_page_size", "size"),
-    ("tlb_remove_page_size", "page"),
-    ("tlb_remove_pmd_tlb_entry", "addr"),
-    ("tlb_remove_pud_tlb_entry", "addr"),
+    C_REMOVE_PAGE,
+    C_START_VMA,
+    C_TLBONLY,
+    CODES,
+    COUNT,
+    FLAGS,
+    HUGE_SIZE,
+    ID,
+    OPS,
+    SIZE,
+    TABLE,
+    WHAT,
+    Compiled,
+    Op,
+    Program,
+    ReplayError,
+    parse,
+    parse_file,
+    parse_line,
 )
 
-#: A line's compiled form without its line number: (code, op, a, b, c).
-_Rest = tuple[int, str, Any, Any, Any]
-#: The line up to its last colon -> (code, op, lowest, highest, b, c).
-_IntTail = tuple[int, str, int, int, Any, Any]
-
-_fast_cache: dict[int, tuple[dict[bytes, _Rest], dict[bytes, _IntTail]]] = {}
-
-
-def _fast_tables(page_size: int) -> tuple[dict[bytes, _Rest], dict[bytes, _IntTail]]:
-    """The fast path's tables, derived from the slow path (:func:`parse_line`)
-    so that they compile exactly as it does.
-
-    * exact lines: the canonical text of every op without a required field
-      (and of each value of a lone boolean field);
-    * integer tails: for the ops of ``_INT_TAIL_OPS``, the text before the
-      value, with the value's range and the compiled ``b``, ``c``.
-    """
-    tables = _fast_cache.get(page_size)
-    if tables is not None:
-        return tables
-    exact: dict[bytes, _Rest] = {}
-    for op, spec in OPS.items():
-        texts = []
-        if all(default is not None for _kind, default in spec.values()):
-            texts.append(f'{{"op":"{op}"}}')
-        if len(spec) == 1 and next(iter(spec.values()))[0] == BOOL:
-            texts += [f'{{"op":"{op}","{field}":{v}}}' for field in spec for v in ("true", "false")]
-        for text in texts:
-            compiled = parse_line(text.encode(), 0, "", page_size)
-            assert compiled is not None
-            exact[text.encode()] = compiled[1:]
-    int_tails: dict[bytes, _IntTail] = {}
-    for op, field in _INT_TAIL_OPS:
-        kind = OPS[op][field][0]
-        lo, hi = (1, MASK32) if kind == SIZE else (0, MASK64)
-        head = f'{{"op":"{op}","{field}"'
-        probes = [parse_line(f"{head}:{v}}}".encode(), 0, "", page_size) for v in (lo, hi)]
-        # The value is ``a``; ``b`` and ``c`` do not depend on it.
-        assert [p[3] for p in probes if p] == [lo, hi] and probes[0][4:] == probes[1][4:]  # type: ignore[index]
-        int_tails[head.encode()] = (CODES[op], op, lo, hi, *probes[0][4:])  # type: ignore[index]
-    tables = _fast_cache[page_size] = (exact, int_tails)
-    return tables
-
-
-def parse(lines: Iterator[bytes], path: str, page_size: int) -> list[Compiled]:
-    """Validate a whole replay file and compile it; raises ReplayError.
-
-    The lines a recorder writes most, byte for byte in canonical form, take a
-    fast path: an exact line from a table, or ``{"op":"NAME","FIELD":N}``
-    with N plain JSON digits in range.  It accepts nothing the slow path
-    (:func:`parse_line`) rejects and compiles to the same tuples; every
-    other line, and every error, goes the slow way.
-    """
-    exact, int_tails = _fast_tables(page_size)
-    out: list[Compiled] = []
-    append = out.append
-    gather_line: int | None = None
-    for lineno, raw in enumerate(lines, 1):
-        # Canonical lines have no blanks around them; others go the slow way.
-        rest = exact.get(raw)
-        compiled: Compiled | None
-        if rest is not None:
-            compiled = (lineno,) + rest  # noqa: RUF005 - cheaper than unpacking
-        else:
-            compiled = None
-            head, _, tail = raw.rpartition(b":")
-            shape = int_tails.get(head)
-            if shape is not None and tail[-1:] == b"}":
-                digits = tail[:-1]
-                # JSON digits: no sign, no leading zero, no fraction.
-                if digits.isdigit() and (digits[0] != 0x30 or len(digits) == 1):
-                    code, op, lo, hi, b, c = shape
-                    value = int(digits)
-                    if lo <= value <= hi:
-                        compiled = (lineno, code, op, value, b, c)
-            if compiled is None:
-                try:
-                    compiled = parse_line(raw, lineno, path, page_size)
-                except UnicodeDecodeError:
-                    raise ReplayError(path, lineno, "not UTF-8 text") from None
-                if compiled is None:
-                    continue
-        code = compiled[1]
-        if code == C_GATHER:
-            if gather_line is not None:
-                raise ReplayError(
-                    path, lineno, f"tlb_gather_mmu inside the gather opened at line {gather_line}"
-                    " (gathers do not nest)"
-                )
-            gather_line = lineno
-        elif code == C_FINISH:
-            if gather_line is None:
-                raise ReplayError(path, lineno, "tlb_finish_mmu outside a gather")
-            gather_line = None
-        elif gather_line is None and compiled[2] not in ANYWHERE:
-            raise ReplayError(
-                path, lineno, f"{compiled[2]} outside a gather (no tlb_gather_mmu before it)"
-            )
-        append(compiled)
-    return out
-
-
-def parse_file(path: str, page_size: int) -> list[Compiled]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ReplayError(path, None, f"cannot read: {exc.strerror or exc}") from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]  # a UTF-8 byte-order mark, as some editors write
-    return parse(iter(data.split(b"\n")), path, page_size)
+__all__ = [
+    "ADDR", "ANYWHERE", "BIT", "BOOL", "CODES", "COUNT", "C_BATCH_RMAP", "C_CHANGE_SIZE",
+    "C_DISCARD", "C_END_VMA", "C_ENTRY", "C_FAIL", "C_FINISH", "C_FLUSH", "C_FLUSH_RMAPS",
+    "C_FREE_P4D", "C_FREE_PMD", "C_FREE_PTE", "C_FREE_PUD", "C_GATHER", "C_HUGE_ENTRY",
+    "C_PMD_ENTRY", "C_PUD_ENTRY", "C_QUEUE", "C_RCU", "C_REMOVE_PAGE", "C_START_VMA",
+    "C_TLBONLY", "FLAGS", "HUGE_SIZE", "ID", "OPS", "SIZE", "TABLE", "WHAT", "Compiled", "Op",
+    "Program", "ReplayError", "ReplayResult", "parse", "parse_file", "parse_line", "replay_file",
+    "run", "write_events_to",
+]
 
 
 @attrs.define(slots=True)
@@ -416,35 +85,51 @@ class ReplayResult:
     bug_line: int | None = None
 
 
-def run(compiled: list[Compiled], machine: Machine, *, check: bool = False) -> ReplayResult:
-    """Replay compiled ops on ``machine``; stops at a VM_BUG_ON.
+def run(compiled: Iterable[Compiled], machine: Machine, *, check: bool = False) -> ReplayResult:
+    """Replay compiled ops (a :class:`Program`, or :data:`Compiled` tuples)
+    on ``machine``; stops at a VM_BUG_ON.
 
     With ``check``, entry clears and table frees are reported as the callers'
     ``pte_clear``/``table_unhook`` events, for the invariant checker.
     """
     if check:
         return _run_checked(compiled, machine)
+    program = Program.of(compiled)
     mm = MmStruct()
     emit: Emit | None = machine.emit
+    # Written straight to a direct JSON Lines log: the ``return`` lines of
+    # the two per-page queries, rendered once, indexed by the value.
+    write = raw_write(emit)
+    queue_lines = _return_lines("__tlb_remove_page_size") if write is not None else None
+    query_lines = _return_lines("tlb_batch_rmap") if write is not None else None
     tlb: MmuGather | None = None
     # The open gather's per-page entry points, looked up once per gather
     # (parse() puts every per-page op inside a gather).
     entry: Callable[[int], None] = _outside_gather
     remove: Callable[[int, int, int], bool] = _outside_gather
     done = 0
-    line = 0
+    # What exists before the run (the program above all) is not the
+    # collector's business while it runs: the run's own objects are freed
+    # by reference counting.
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
     try:
-        for line, code, op, a, b, c in compiled:  # noqa: B007 - line is read on a bug
+        for code, op, a, b, c in program.ops:
             if code == C_ENTRY:
                 entry(a)
             elif code == C_QUEUE:
                 full = remove(a, b, c)
-                if emit is not None:
+                if write is not None and (full is False or full is True):
+                    write(queue_lines[full])  # type: ignore[index]
+                elif emit is not None:
                     emit("return", op=op, value=full)
             elif code == C_BATCH_RMAP:
                 # Outside a gather, ask the arch the way a fresh gather would.
                 value = tlb.batch_rmap if tlb is not None else _batch_rmap(machine, mm)
-                if emit is not None:
+                if write is not None and (value is False or value is True):
+                    write(query_lines[value])  # type: ignore[index]
+                elif emit is not None:
                     emit("return", op=op, value=value)
             elif code == C_FLUSH_RMAPS:
                 tlb.tlb_flush_rmaps(a)  # type: ignore[union-attr]
@@ -489,8 +174,19 @@ def run(compiled: list[Compiled], machine: Machine, *, check: bool = False) -> R
                 machine.fail_alloc(a, b)
             done += 1
     except KernelBug as bug:
-        return ReplayResult(ops=done, bug=bug.what, bug_line=line)
+        return ReplayResult(ops=done, bug=bug.what, bug_line=program.line(done))
+    finally:
+        if freeze:
+            gc.unfreeze()
     return ReplayResult(ops=done)
+
+
+def _return_lines(op: str) -> tuple[bytes, bytes]:
+    """The JSON lines of ``return`` events of ``op`` with value false, true:
+    what ``emit("return", op=op, value=...)`` writes."""
+    return tuple(  # type: ignore[return-value]
+        render({"op": op, "value": value, "event": "return"}) for value in (False, True)
+    )
 
 
 def _outside_gather(*args: Any) -> NoReturn:
@@ -520,7 +216,7 @@ _CLEAR_LEVEL = {C_ENTRY: "pte", C_PMD_ENTRY: "pmd", C_PUD_ENTRY: "pud", C_HUGE_E
 _FREE_LEVEL = {C_FREE_PTE: "pte", C_FREE_PMD: "pmd", C_FREE_PUD: "pud", C_FREE_P4D: "p4d"}
 
 
-def _run_checked(compiled: list[Compiled], machine: Machine) -> ReplayResult:
+def _run_checked(compiled: Iterable[Compiled], machine: Machine) -> ReplayResult:
     """The replay with the callers' events the checker needs added: a slower
     loop, kept apart so that the plain replay stays lean."""
     emit = machine.emit

@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 import attrs
+from mmugather.core import fixes as fixes_mod
 from mmugather.core import strategies
 from mmugather.core.arch import ArchSpec, make_machine
 from mmugather.core.callers import Callers, make_callers, run_ops
 from mmugather.core.check import Checker, Violation
+from mmugather.core.check.complete import Completeness
 from mmugather.core.events import Processor, RowBus, make_stream
 from mmugather.core.hw.cpus import CpuConfig
 from mmugather.core.scenario import Scenario, build
@@ -40,10 +42,12 @@ class ArchRun:
     strategy: str = "pointer"
     #: the operations' process CPU time (``seconds`` is wall-clock)
     cpu_seconds: float = 0.0
+    page_size: int = 4096
 
     def as_json(self) -> dict[str, Any]:
         return {
             "arch": self.arch,
+            "page_size": self.page_size,
             "strategy": self.strategy,
             "mutant": self.mutant,
             "mutant_applies": self.mutant_applies,
@@ -99,6 +103,7 @@ def run_arch(
     cpus: CpuConfig | None = None,
     fast: bool = True,
     inspect: Callable[[Callers], None] | None = None,
+    fixes: Sequence[str] = (),
 ) -> ArchRun:
     """Run ``scenario`` on one arch and return what happened.
 
@@ -119,12 +124,14 @@ def run_arch(
     reference paths throughout (the same events, state and reports).
     ``inspect`` is called with the callers once the operations are done
     (tests compare the address space left behind).
+    ``fixes``: commits newer than v6.5 to add (``core/fixes.py``), before
+    ``extra_plugins``.
     """
     strat = strategies.resolve(strategy)
     size = page_size or spec.page_sizes[0]
     m = mutants_mod.get(mutant) if mutant else None
     classes = mutants_mod.caller_classes(m, strat)
-    plugins = list(extra_plugins)
+    plugins = [*(fixes_mod.get(commit).plugin for commit in fixes), *extra_plugins]
     if m is not None and m.plugin is not None:
         plugins.append(m.plugin)
     run_stats = RunStats() if stats else None
@@ -153,7 +160,8 @@ def run_arch(
     )
     if m is not None and m.gather is not None:
         machine.gather_class = m.gather
-    aspace = build(scenario, machine.geometry)
+    aspace = build(scenario, machine.geometry, spec.name,
+                   pmd_share="ARCH_WANT_HUGE_PMD_SHARE" in spec.resolved_features())
     mapped = aspace.mapped_ptes()
     if progress_total is not None:
         progress_total(len(aspace.pte_tables) * machine.geometry.ptrs_per_pte)
@@ -166,6 +174,8 @@ def run_arch(
         progress=progress,
         fast=fast,
     )
+    if checker is not None:
+        callers.ctx.complete = Completeness(aspace, checker.report)
     machine.hw_config(callers.ctx.mm)
     t0 = time.perf_counter()
     c0 = time.process_time()
@@ -190,4 +200,5 @@ def run_arch(
         mutant_applies=m.applies(spec) if m is not None else True,
         strategy=strat.name,
         cpu_seconds=cpu_seconds,
+        page_size=size,
     )

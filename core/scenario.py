@@ -46,9 +46,10 @@ MAX_PAGES = 1 << 24
 BYTES_PER_PAGE = 40
 
 TOP_KEYS = {"name", "description", "vma", "op"}
-VMA_KEYS = {"name", "start", "end", "kind", "exec", "file", "pgoff", "hugepage_size", "populate"}
+VMA_KEYS = {"name", "start", "end", "kind", "exec", "file", "pgoff", "hugepage_size", "populate",
+            "shared_pmd"}
 POP_KEYS = {"offset", "pages", "folio_order", "pmd_mapped", "dirty", "young", "state", "every"}
-OP_KEYS = {"kind", "start", "end"}
+OP_KEYS = {"kind", "start", "end", "nested"}
 
 
 class ScenarioError(Exception):
@@ -86,6 +87,8 @@ class VmaSpec:
     pgoff: int
     hugepage_size: int
     populate: tuple[Populate, ...]
+    #: hugetlb: its PMD tables are shared with another process
+    shared_pmd: bool = False
 
 
 @attrs.frozen
@@ -222,6 +225,15 @@ def parse(
                 raise ScenarioError(path, key, f"a hugetlb VMA must be aligned to {hsize:#x}")
         elif "hugepage_size" in raw:
             raise ScenarioError(path, f"{key}.hugepage_size", "only a hugetlb VMA has one")
+        shared = _bool(path, f"{key}.shared_pmd", raw.get("shared_pmd", False))
+        if shared:
+            if kind != "hugetlb" or hsize != geo.pmd_size:
+                raise ScenarioError(path, f"{key}.shared_pmd",
+                                    "only a hugetlb VMA of PMD-sized pages shares PMD tables")
+            if -(-start // geo.pud_size) * geo.pud_size + geo.pud_size > end:
+                raise ScenarioError(path, f"{key}.shared_pmd", "the VMA covers no whole "
+                                    f"PUD-aligned range ({geo.pud_size:#x}): v6.5 shares a "
+                                    "PMD table only then (want_pmd_share())")
         pops = tuple(
             _populate(path, f"{key}.populate[{k}]", p, start, end, kind, hsize, geo)
             for k, p in enumerate(_list(path, f"{key}.populate", raw.get("populate", [])))
@@ -247,6 +259,7 @@ def parse(
                 pgoff=_int(path, f"{key}.pgoff", raw.get("pgoff", 0), 0, 1 << 40),
                 hugepage_size=hmark,
                 populate=pops,
+                shared_pmd=shared,
             )
         )
     order = sorted(range(len(vmas)), key=lambda i: vmas[i].start)
@@ -266,7 +279,14 @@ def parse(
         if kind == "exit":
             if "start" in raw or "end" in raw:
                 raise ScenarioError(path, key, "exit takes no range")
+            if "nested" in raw:
+                # exit_mmap() runs when no user is left: nothing can be
+                # batching PTE changes on the mm beside it.
+                raise ScenarioError(path, f"{key}.nested", "exit has no other gather beside "
+                                    "it (only munmap and madvise_dontneed are nested)")
         else:
+            if _bool(path, f"{key}.nested", raw.get("nested", False)):
+                op["nested"] = True
             for k in ("start", "end"):
                 if k not in raw:
                     raise ScenarioError(path, f"{key}.{k}", "missing")
@@ -438,17 +458,21 @@ def resolve(name_or_path: str, page_size: int = 4096, max_pages: int = MAX_PAGES
     return load(name_or_path, page_size, max_pages)
 
 
-def check_geometry(scenario: Scenario, geo: Geometry) -> None:
-    """The checks that depend on the arch's geometry (folio orders, huge
-    page alignment, the page cache); ``core/scenario_build.py``."""
+def check_geometry(scenario: Scenario, geo: Geometry, arch: str = "") -> None:
+    """The checks that depend on the arch's geometry (TASK_SIZE, folio
+    orders, huge page alignment, the page cache); ``arch`` names the arch
+    in the messages; ``core/scenario_build.py``."""
     from mmugather.core.scenario_build import check_geometry as check
 
-    check(scenario, geo)
+    check(scenario, geo, arch)
 
 
-def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
+def build(scenario: Scenario, geo: Geometry, arch: str = "", *,
+          pmd_share: bool = False) -> AddressSpace:
     """Materialise the scenario's address space for one arch geometry (after
-    :func:`check_geometry`); ``core/scenario_build.py``."""
+    :func:`check_geometry`); ``core/scenario_build.py``.  ``pmd_share``: the
+    arch shares hugetlb PMD tables (ARCH_WANT_HUGE_PMD_SHARE), so the
+    ``shared_pmd`` VMAs get shared tables."""
     from mmugather.core.scenario_build import build as build_aspace
 
-    return build_aspace(scenario, geo)
+    return build_aspace(scenario, geo, arch, pmd_share=pmd_share)

@@ -17,6 +17,9 @@ from mmugather.core.aspace import (
     F_HUGETLB,
     F_SHARED,
     F_SWAPCACHE,
+    MM_ANONPAGES,
+    MM_FILEPAGES,
+    MM_SWAPENTS,
     PFN_BASE,
     PTE_DIRTY,
     PTE_PRESENT,
@@ -41,20 +44,26 @@ from mmugather.core.scenario import (
 )
 
 
-def check_geometry(scenario: Scenario, geo: Geometry) -> None:
-    """The checks that depend on the arch's geometry: folio orders against
-    its PMD order, alignment to its huge page sizes, and the page cache (one
-    folio order per file page, folios at aligned file offsets)."""
+def check_geometry(scenario: Scenario, geo: Geometry, arch: str = "") -> None:
+    """The checks that depend on the arch's geometry: VMAs and operations
+    below its TASK_SIZE, folio orders against its PMD order, alignment to
+    its huge page sizes (and no PUD-sized page where the PUD level is
+    folded), and the page cache (one folio order per file page, folios at
+    aligned file offsets).  ``arch`` names the arch in the messages."""
     path = scenario.path
+    check_task_size(scenario, geo, arch)
     pmd_order = geo.pmd_shift - geo.page_shift
     cached: dict[str, list[_Cached]] = {}
     for n, spec in enumerate(scenario.vmas):
         key = f"vma[{n}]"
         if spec.kind == "hugetlb":
+            if spec.hugepage_size == HUGE_PUD and geo.pud_folded:
+                raise ScenarioError(path, f"{key}.hugepage_size", f"{_arch(arch)} folds the "
+                                    "PUD level: it has no PUD-sized pages")
             size = geo.pmd_size if spec.hugepage_size == HUGE_PMD else geo.pud_size
             if spec.start % size or spec.end % size:
                 raise ScenarioError(path, key, f"a hugetlb VMA must be aligned to {size:#x} "
-                                    "on this arch")
+                                    f"on {_arch(arch)}")
             continue
         for k, pop in enumerate(spec.populate):
             pkey = f"{key}.populate[{k}]"
@@ -82,6 +91,26 @@ def check_geometry(scenario: Scenario, geo: Geometry) -> None:
                 _Cached(first, first + pop.pages, order, pop.every, (n, k), pkey))
     for file, entries in cached.items():
         _one_order_per_page(path, file, entries)
+
+
+def _arch(arch: str) -> str:
+    return arch or "this arch"
+
+
+def check_task_size(scenario: Scenario, geo: Geometry, arch: str = "") -> None:
+    """Every VMA and every operation's range ends at or below TASK_SIZE: an
+    address above it is not a user address on this arch (mmap() fails,
+    munmap() says EINVAL)."""
+    top = geo.task_size
+    where = f"{_arch(arch)}'s TASK_SIZE {top:#x} (PAGE_SIZE {geo.page_size})"
+    for n, spec in enumerate(scenario.vmas):
+        if spec.end > top:
+            raise ScenarioError(scenario.path, f"vma[{n}]", f"[{spec.start:#x}, {spec.end:#x}) "
+                                f"ends above {where}")
+    for n, op in enumerate(scenario.ops):
+        if op.get("end", 0) > top:
+            raise ScenarioError(scenario.path, f"op[{n}]", f"{op['kind']} [{op['start']:#x}, "
+                                f"{op['end']:#x}) ends above {where}")
 
 
 @attrs.frozen
@@ -140,10 +169,13 @@ def _one_order_per_page(path: str, file: str, entries: list[_Cached]) -> None:
             i += 1
 
 
-def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
+def build(scenario: Scenario, geo: Geometry, arch: str = "", *,
+          pmd_share: bool = False) -> AddressSpace:
     """Materialise the scenario's address space for one arch geometry
-    (after :func:`~mmugather.core.scenario.check_geometry`)."""
-    check_geometry(scenario, geo)
+    (after :func:`~mmugather.core.scenario.check_geometry`; ``arch`` names
+    the arch in its messages).  ``pmd_share``: the arch shares hugetlb PMD
+    tables (:func:`share_pmd_tables`)."""
+    check_geometry(scenario, geo, arch)
     aspace = AddressSpace(geometry=geo)
     store = aspace.pages
     page_size = geo.page_size
@@ -176,6 +208,7 @@ def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
                     aspace.next_swap += 1
                     aspace.swap_map[slot] = 1
                     aspace.set_pte(addr, slot << 8 | SWP_SWAP)
+                    aspace.rss_stat[MM_SWAPENTS] += 1
                 elif pop.state == "zero":
                     aspace.set_pte(addr, ZERO_PFN << 8 | PTE_PRESENT | PTE_SPECIAL)
                 elif pop.state == "marker":
@@ -185,6 +218,8 @@ def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
                 elif pop.state == "migration":
                     head = store.new_folio(0, F_ANON if spec.kind == "anon" else 0)
                     aspace.set_pte(addr, head << 8 | SWP_MIGRATION)
+                    # A page under migration still counts in the rss.
+                    aspace.rss_stat[MM_ANONPAGES if spec.kind == "anon" else MM_FILEPAGES] += 1
                 elif spec.kind == "pfnmap":
                     aspace.set_pte(addr, ((addr >> geo.page_shift) | 1 << 36) << 8 | bits
                                    | PTE_SPECIAL)
@@ -200,7 +235,30 @@ def build(scenario: Scenario, geo: Geometry) -> AddressSpace:
                         addr += nr * page_size
                         continue
                 addr += step
+        if spec.shared_pmd and pmd_share:
+            share_pmd_tables(aspace, vma)
+    # The kernel keeps an mm's VMAs in address order (the maple tree), and
+    # free_pgtables() and the munmap neighbours rely on it: a file may list
+    # them in any order.
+    aspace.vmas.sort(key=lambda v: v.start)
     return aspace
+
+
+def share_pmd_tables(aspace: AddressSpace, vma: MmVma) -> None:
+    """``huge_pmd_share()`` as another process mapping the same file range
+    did it: each PUD-aligned range the VMA covers whole (``want_pmd_share()``)
+    has a PMD table the two share, two references on its page.  Nothing
+    where the PUD level is folded (arm64 with 64K pages: v6.5 selects
+    ARCH_WANT_HUGE_PMD_SHARE only for 4K and 16K pages).  The pages mapped
+    through it count the shared entries once, as the kernel's do."""
+    geo = aspace.geometry
+    if geo.pud_shift == geo.p4d_shift:
+        return
+    addr = -(-vma.start // geo.pud_size) * geo.pud_size
+    while addr + geo.pud_size <= vma.end:
+        aspace.ensure_tables(addr, upto="pmd")
+        aspace.pmd_share[aspace.pmd_tables[addr >> geo.pud_shift]] = 2
+        addr += geo.pud_size
 
 
 def _folio_for(aspace: AddressSpace, vma: MmVma, addr: int, pop: Populate, nr: int) -> int:
@@ -232,6 +290,7 @@ def _map_pte(aspace: AddressSpace, addr: int, pfn: int, bits: int) -> None:
     idx = pfn - PFN_BASE
     head = store.head[idx]
     aspace.set_pte(addr, pfn << 8 | bits)
+    aspace.rss_stat[MM_ANONPAGES if store.flags[head] & F_ANON else MM_FILEPAGES] += 1
     if store.mapcount[idx] == 0:
         store.nr_mapped[head] += 1
     store.mapcount[idx] += 1
@@ -246,6 +305,7 @@ def _map_pmd(aspace: AddressSpace, vma: MmVma, addr: int, head: int, bits: int) 
     store = aspace.pages
     store.entire_mapcount[head - PFN_BASE] += 1
     store.refcount[head - PFN_BASE] += 1
+    aspace.rss_stat[MM_ANONPAGES if vma.kind == "anon" else MM_FILEPAGES] += geo.ptrs_per_pte
     if vma.kind == "anon":
         # An anon THP keeps a PTE table in reserve for a later split.
         aspace.deposited[pmd_i] = aspace.new_table("pte", addr)
@@ -281,6 +341,7 @@ def _populate_small_anon(aspace: AddressSpace, addr: int, pop: Populate, bits: i
     swapcache = pop.state == "swapcache"
     flags = F_ANON | (F_SWAPCACHE if swapcache else 0)
     first = aspace.pages.new_small_folios(pop.pages, flags, 1, 2 if swapcache else 1)
+    aspace.rss_stat[MM_ANONPAGES] += pop.pages
     per_table = geo.ptrs_per_pte
     left = pop.pages
     pfn = first

@@ -10,6 +10,8 @@ from __future__ import annotations
 from types import ModuleType
 
 from mmugather.plugins import (
+    batched_unmap,
+    huge_pmd_share,
     merge_vmas,
     no_gather,
     page_size,
@@ -26,6 +28,8 @@ FEATURES: dict[str, ModuleType] = {
     "MMU_GATHER_RCU_TABLE_FREE": rcu_table_free,
     "MMU_GATHER_NO_GATHER": no_gather,
     "MMU_GATHER_MERGE_VMAS": merge_vmas,
+    "ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH": batched_unmap,
+    "ARCH_WANT_HUGE_PMD_SHARE": huge_pmd_share,
 }
 
 #: Features that bring others with them, as Kconfig ``select`` does.

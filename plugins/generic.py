@@ -80,6 +80,19 @@ def tlb_discard_rmaps(tlb: MmuGather) -> bool:
 
 
 @hookimpl(trylast=True)
+def flush_tlb_batched_pending(tlb: MmuGather) -> bool:
+    # Reclaim flushes at once where the arch does not batch its flushes:
+    # nothing is ever owed.
+    return True
+
+
+@hookimpl(trylast=True)
+def huge_pmd_unshare_sync(tlb: MmuGather) -> bool:
+    # v6.5: huge_pmd_unshare() drops its reference with no synchronisation.
+    return True
+
+
+@hookimpl(trylast=True)
 def tlb_start_vma(tlb: MmuGather, vma: Vma) -> bool:
     # A fullmm teardown shoots down everything: ranges do not matter.
     if tlb.fullmm:

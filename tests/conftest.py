@@ -28,6 +28,15 @@ def pytest_configure(config: pytest.Config) -> None:
         arch_module._default_registry = ArchRegistry(entry_points=False)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that take the ``arch`` fixture run once more per arch in the
+    tox matrix (``pytest -m default_arch``); the rest name their arches."""
+    for item in items:
+        if "arch" in getattr(item, "fixturenames", ()) and "arch" not in getattr(
+                getattr(item, "callspec", None), "params", {}):
+            item.add_marker(pytest.mark.default_arch)
+
+
 @pytest.fixture
 def arch() -> str:
     """The arch tox selects through ``MMUGATHER_ARCH`` (default ``generic-smp``)."""

@@ -17,15 +17,9 @@ from mmugather.core.events import make_emit
 from mmugather.core.replay import C_FINISH, C_FLUSH, C_GATHER, C_QUEUE, Compiled, parse
 
 from mmugather.cli import main
-from mmugather.cli.bench import (
-    END_MARK,
-    QUEUE_CAPACITY,
-    START_MARK,
-    collect_events,
-    generate_ops,
-    stock_structlog_emit,
-    write_section,
-)
+from mmugather.cli.bench import END_MARK, START_MARK, write_section
+from mmugather.cli.bench_ops import QUEUE_CAPACITY, generate_ops, write_default_json
+from mmugather.cli.bench_replay import collect_events, stock_structlog_emit
 
 #: Big enough for gathers that fill the whole queue (seed 0 has one).
 N_FULL, SEED_FULL = 60_000, 0
@@ -144,9 +138,18 @@ def test_bench_command_writes_the_marked_section(
     section = text.split(START_MARK)[1].split(END_MARK)[0]
     assert "stale" not in section
     assert "2,000 ops" in section and "`generic-smp`" in section
-    assert "| (a) at least 1,000,000 ops/s with events to /dev/null" in section
-    assert "| (a) the same, read as the whole command" in section
-    assert "| (b) the events run at most 1.5x structlog alone" in section
+    for form in ("| **compact** file", "| **json.dumps** file"):
+        assert section.count(form) == 1
+    # Each figure next to its same-run reference.
+    assert section.count("| reference: stdlib `json.loads` of each line |") == 2
+    assert section.count("| whole command: `mmugather replay FILE --events /dev/null` |") == 2
+    assert section.count(" x json |") == 6
+    assert "| reference: the same events alone through structlog (`make_structlog_emit`) |" in (
+        section)
+    assert "x structlog |" in section
+    assert "| the whole command on the json.dumps file: at least 1,000,000 ops/s |" in section
+    assert "| ... in at most 0.5 x the stdlib json parse of that file |" in section
+    assert "| the compact file no slower than before" in section
     assert "CPython" in section or "PyPy" in section
 
 
@@ -156,3 +159,18 @@ def test_bench_command_rejects_an_unknown_arch(capsys: pytest.CaptureFixture[str
     assert captured.out == ""
     known = ", ".join(s.name for s in BUILTIN)
     assert captured.err == f"mmugather: unknown arch 'no-such-arch' (known: {known})\n"
+
+
+def test_default_json_form_compiles_the_same(tmp_path: Path) -> None:
+    from mmugather.core.replay import parse_file
+
+    compact, spaced = tmp_path / "c.jsonl", tmp_path / "s.jsonl"
+    compact.write_bytes(b"".join(generate_ops(3_000, 9)))
+    write_default_json(str(compact), str(spaced))
+    lines = spaced.read_text().splitlines()
+    assert lines[0].startswith("# mmugather bench")
+    assert lines[1] == '{"op": "tlb_gather_mmu"}' or lines[1] == (
+        '{"op": "tlb_gather_mmu", "fullmm": true}')
+    assert all(", " in line and ": " in line for line in lines[2:] if '"op": "tlb_' in line
+               and len(line) > 40)
+    assert parse_file(str(spaced), 4096) == parse_file(str(compact), 4096)

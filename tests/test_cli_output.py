@@ -419,7 +419,7 @@ def test_ctrl_c_during_run_leaves_no_events_file(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_during_replay_leaves_no_events_file(tmp_path: Path) -> None:
-    from mmugather.cli.bench import write_ops
+    from mmugather.cli.bench_ops import write_ops
 
     ops = tmp_path / "big.ops.jsonl"
     write_ops(str(ops), 300_000, 1)

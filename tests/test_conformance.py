@@ -10,13 +10,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import attrs
 import pytest
 from mmugather.arches import BUILTIN, GENERIC_SMP, arm64
 from mmugather.core.arch import ArchRegistry
 from mmugather.core.events import Collector, make_emit
-from mmugather.core.gather import MmuGather
 from mmugather.core.hookspecs import hookimpl
 from mmugather.core.run import run_arch
 from mmugather.core.scenario import load_builtin
@@ -33,40 +33,57 @@ def test_builtin_arches_conform(spec: object) -> None:
     assert check_all(spec) == []  # type: ignore[arg-type]
 
 
-@hookimpl(tryfirst=True)
-def _tlb_flush_range_only(tlb: MmuGather) -> bool:
-    # Broken on purpose: a range flush only, forgetting that a fullmm gather
-    # (exit) has no range and must flush the whole mm.
-    if not tlb.fullmm and tlb.end:
-        tlb.emit_tlb_flush("range", tlb.start, tlb.end)
-    return True
+TUTORIAL = ROOT / "docs" / "tutorial-new-arch.md"
 
 
+def tutorial_block(after: str, lang: str) -> str:
+    """The first ``lang`` code block of the tutorial after the text ``after``."""
+    text = TUTORIAL.read_text()
+    rest = text[text.index(after):]
+    start = rest.index(f"```{lang}\n") + len(lang) + 4
+    return rest[start:rest.index("```", start)]
+
+
+def tutorial_failure(after: str, arch: str) -> str:
+    """The kit failure the tutorial shows after ``after``, as one line."""
+    first, rest = tutorial_block(after, "").split("\n", 1)
+    assert first == f"FAILED ::test_conformance[{arch}-invariants]"
+    return " ".join(rest.split())
+
+
+def _tutorial_broken_flush() -> Any:
+    """The tutorial's broken ``tlb_flush()``, run from its own text."""
+    namespace: dict[str, Any] = {"hookimpl": hookimpl}
+    exec(tutorial_block("A failure names the rule it broke", "python"), namespace)
+    return namespace["tlb_flush"]
+
+
+#: The tutorial's broken arch: a flush of the range's first page only,
+#: wrong on every arch (the other pages keep their TLB entries).
 BROKEN = attrs.evolve(
     GENERIC_SMP,
-    name="broken",
-    plugins=(SimpleNamespace(tlb_flush=_tlb_flush_range_only),),
+    name="one-page",
+    plugins=(SimpleNamespace(tlb_flush=_tutorial_broken_flush()),),
 )
-
-
-#: Exit never flushes: the tables it frees stay reachable through walk caches,
-#: and the dead mm's entries outlive it.
-FLUSH_RULES = ("[table-reachable] ", "[stale-after-exit] ")
 
 
 def test_broken_arch_fails_naming_the_rule() -> None:
     failures = check_all(BROKEN)
-    # Exit's freed page tables meet the missing flush first.
-    assert any(f.startswith(FLUSH_RULES) for f in failures), failures
-    # It is not registered either, and the kit says so under its own rule.
-    assert any(f.startswith("[registered] ") for f in failures), failures
+    # It is not registered, and the kit says so under its own rule; the
+    # invariants fail with the report the tutorial shows.
+    assert [f for f in failures if f.startswith("[registered] ")] == [
+        "[registered] arch 'one-page' is not in the registry: unknown arch 'one-page' (known: "
+        + ", ".join(s.name for s in BUILTIN) + ")"]
+    assert [f for f in failures if not f.startswith("[registered] ")] == [
+        tutorial_failure("Named `one-page`, it fails like this:", "one-page")]
 
 
 def test_each_rule_raises_with_its_name() -> None:
     with pytest.raises(ConformanceError) as info:
         RULES["invariants"](BROKEN)
-    assert str(info.value).startswith(FLUSH_RULES)
-    assert "mmugather run --arch broken" in str(info.value)
+    assert info.value.rule == "page-reachable"
+    assert str(info.value).startswith("[page-reachable] ")
+    assert "mmugather run --arch one-page" in str(info.value)
 
 
 ARM64_BUGS = sorted(n for n in MUTANTS if n.startswith("arm64-"))
@@ -110,8 +127,8 @@ def test_invariants_runs_scenarios_that_free_tables_under_a_running_thread() -> 
 def test_registry_takes_extra_plugins_and_refuses_duplicates() -> None:
     module = SimpleNamespace(mmugather_add_arches=hookimpl(lambda: [BROKEN]))
     reg = ArchRegistry(entry_points=False, extra=[module])
-    assert "broken" in reg.names()
-    assert reg.get("broken").origin.startswith("plugin ")
+    assert "one-page" in reg.names()
+    assert reg.get("one-page").origin.startswith("plugin ")
     twice = SimpleNamespace(mmugather_add_arches=hookimpl(lambda: [GENERIC_SMP]))
     with pytest.raises(Exception, match="already provided"):
         ArchRegistry(entry_points=False, extra=[twice])
@@ -145,8 +162,9 @@ def test_example_arch_is_listed_with_its_origin(riscv_site: Path) -> None:
     import json
 
     arches = {a["name"]: a for a in json.loads(out.stdout)}
-    assert arches["riscv"]["origin"] == "entry point riscv (mmugather-riscv 0.1.0)"
-    assert arches["riscv"]["features"] == "SMP"
+    for name in ("riscv", "riscv-v6.5"):
+        assert arches[name]["origin"] == "entry point riscv (mmugather-riscv 0.1.0)"
+        assert arches[name]["features"] == "SMP"
 
 
 def test_example_arch_runs_and_passes_the_kit(riscv_site: Path, tmp_path: Path) -> None:
@@ -157,6 +175,56 @@ def test_example_arch_runs_and_passes_the_kit(riscv_site: Path, tmp_path: Path) 
                "--mmu-arch", "riscv", cwd=tmp_path)
     assert kit.returncode == 0, kit.stdout + kit.stderr
     assert f"{len(RULES)} passed" in kit.stdout
+
+
+def test_example_riscv_v6_5_fails_the_kit(riscv_site: Path, tmp_path: Path) -> None:
+    """riscv as v6.5 shipped it (PMD/PUD/P4D tables freed before the flush)
+    fails the kit's invariants with the report the tutorial shows; the
+    fixed riscv passes."""
+    kit = _run(riscv_site, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               "--mmu-arch", "riscv-v6.5", cwd=tmp_path)
+    assert kit.returncode == 1, kit.stdout + kit.stderr
+    assert f"1 failed, {len(RULES) - 1} passed" in kit.stdout
+    assert "FAILED ::test_conformance[riscv-v6.5-invariants] - " in kit.stdout
+    assert "ConformanceError: [table-reachable] pmd table " in kit.stdout
+    example = _example(riscv_site)
+    assert [f for f in check_all(example.RISCV_V6_5) if not f.startswith("[registered] ")] == [
+        tutorial_failure("The kit rejects it, naming the hardware fact it broke:", "riscv-v6.5")]
+    assert [f for f in check_all(example.RISCV) if not f.startswith("[registered] ")] == []
+
+
+def test_example_riscv_frees_upper_tables_as_v6_5_did(riscv_site: Path) -> None:
+    """v6.5's pmd_free_tlb(): the range grows a page one level up and
+    freed_tables is set, then the PMD table is freed at once (table_free
+    before any tlb_flush); the PTE table is queued as a page.  Sv48: no
+    p4d table, and the PUD table is freed at once too."""
+    example = _example(riscv_site)
+    from mmugather.core import MmStruct, make_machine, tlb_gather_mmu
+
+    events = Collector()
+    machine = make_machine(example.RISCV_V6_5, emit=make_emit(observers=[events]))
+    tlb = tlb_gather_mmu(machine, MmStruct())
+    tlb.pte_free_tlb(1 << 40, 0x400000)
+    tlb.pmd_free_tlb((1 << 40) + 1, 0)
+    tlb.pud_free_tlb((1 << 40) + 2, 0)
+    assert [(e["event"], e["tables"]) for e in events.named("table_free", "free_pages")] == [
+        ("table_free", [(1 << 40) + 1]), ("table_free", [(1 << 40) + 2])]
+    assert (tlb.freed_tables, tlb.cleared_pmds, tlb.cleared_puds, tlb.cleared_p4ds) == (
+        True, True, True, True)
+    assert (tlb.start, tlb.end) == (0, 0x401000)
+    assert machine.geometry.folded == ("p4d",) and machine.geometry.task_size == 1 << 47
+    tlb.tlb_finish_mmu()
+    names = [e["event"] for e in events.events]
+    assert names.index("tlb_flush") < names.index("free_pages")
+
+
+def _example(site: Path) -> Any:
+    sys.path.insert(0, str(site))
+    try:
+        import mmugather_riscv
+    finally:
+        sys.path.remove(str(site))
+    return mmugather_riscv
 
 
 def test_example_riscv_flushes_the_whole_mm(riscv_site: Path) -> None:

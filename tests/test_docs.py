@@ -162,8 +162,9 @@ def explored_events(tmp: str) -> list[dict[str, Any]]:
     from mmugather.core.explore.search import exhaustive
 
     events: list[dict[str, Any]] = []
-    for name in spec.builtin_names():
-        eng = Engine(Config(spec.load_builtin(name), "generic-smp"))
+    # x86-64 too: it batches reclaim's flushes and shares hugetlb PMD tables.
+    for name, arch in [(n, a) for n in spec.builtin_names() for a in ("generic-smp", "x86-64")]:
+        eng = Engine(Config(spec.load_builtin(name), arch))
         step = eng.step
 
         def recording(st: Any, index: int, step: Any = step) -> Any:
@@ -476,3 +477,37 @@ def test_every_caller_method_is_mapped() -> None:
             if not any(f"{base.__name__}.{name}" in named for base in cls.__mro__):
                 missing.append(f"{cls.__module__}.{cls.__name__}.{name}")
     assert not missing, f"docs/concepts.md does not map: {missing}"
+
+
+# ---------------------------------------------------------------------------
+# What an arch author needs: every field of ArchSpec and Geometry
+# ---------------------------------------------------------------------------
+
+
+def _section_of(page: str, heading: str) -> str:
+    text = (DOCS / page).read_text()
+    start = text.index(heading)
+    stop = re.search(r"^#{1,2} ", text[start + len(heading):], re.MULTILINE)
+    return text[start: start + len(heading) + stop.start()] if stop else text[start:]
+
+
+def test_every_archspec_field_is_documented() -> None:
+    import attrs
+    from mmugather.core.arch import ArchSpec
+
+    body = _section_of("hooks.md", "## Arch configurations")
+    fields = {f.name for f in attrs.fields(ArchSpec)}
+    assert table_first_column(body) == fields
+    assert "tlb.machine.arch" in body
+
+
+def test_every_geometry_field_is_documented() -> None:
+    import attrs
+    from mmugather.core.constants import Geometry
+
+    body = _section_of("hardware.md", "## Page-table geometry").split("### ")[0]
+    given = {f.name for f in attrs.fields(Geometry) if f.init}
+    derived = {f.name for f in attrs.fields(Geometry) if not f.init} | {"queue_capacity"}
+    assert table_first_column(body) == given
+    shown = set(re.findall(r"`([a-z0-9_]+)`", body))
+    assert not derived - shown, f"docs/hardware.md does not name {sorted(derived - shown)}"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
-from mmugather.core import gather
 from mmugather.core.explore import Config, Engine, explore, spec
 from mmugather.core.explore.search import exhaustive, random_walks
 from mmugather.core.explore.track import Recorder, TrackedArray, tracked_mm
@@ -97,43 +97,88 @@ def test_the_seed_frees_no_table_under_gup_fast(arch: str) -> None:
     assert run("munmap-gup", arch).counterexample is None
 
 
-def test_concurrent_dontneed_needs_mm_tlb_flush_nested(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_dontneed_needs_mm_tlb_flush_nested() -> None:
     """99baac21e458: the second MADV_DONTNEED finds the PTE clear; v6.5's
     tlb_finish_mmu() flushes all the same (another gather is in flight).
-    Without that, it returns while CPU 2 may still use the entry."""
+    Without that (the mutant), it returns while CPU 2 may still use the
+    entry."""
     assert run("dontneed-race").counterexample is None
-    finish = gather.MmuGather.tlb_finish_mmu
-
-    def no_nested(self: gather.MmuGather, nested: bool | None = None) -> None:
-        finish(self, False if nested is None else nested)
-
-    monkeypatch.setattr(gather.MmuGather, "tlb_finish_mmu", no_nested)
-    ce = run("dontneed-race").counterexample
+    ce = run("dontneed-race", mutant="no-nested-flush").counterexample
     assert ce.prop == "stale-after-return"
     assert ce.message == ("CPU 2 still reaches page 0x100000 at 0x30000000 through a TLB entry "
                           "that was stale when the unmap of [0x30000000, 0x30001000) returned "
                           "to user space")
+    ends = [ev for s in ce.steps for ev in s.events if ev["event"] == "gather_end"]
+    assert ends and not any(ev["nested"] for ev in ends)
 
 
 def test_dontneed_racing_munmap_is_safe() -> None:
     assert run("dontneed-munmap").counterexample is None
 
 
-def test_reclaim_batched_flush_needs_flush_tlb_batched_pending() -> None:
-    """3ea277194daa: munmap() finds reclaim's swap entry, has nothing of its
-    own to flush and returns while reclaim's flush is still owed.  The
-    callers have no flush_tlb_batched_pending() yet: the race is there."""
-    ce = run("reclaim-munmap").counterexample
+def test_reclaim_batched_flush_is_settled_by_flush_tlb_batched_pending() -> None:
+    """3ea277194daa: on x86-64 reclaim defers its flush; munmap() finds the
+    swap entry, but zap_pte_range() settles reclaim's flush under the PTE
+    lock before it goes on.  Without that (the mutant) munmap() returns
+    while CPU 1 still stores through the entry reclaim cleared."""
+    assert run("reclaim-munmap", "x86-64").counterexample is None
+    ce = run("reclaim-munmap", "x86-64", mutant="no-flush-batched-pending").counterexample
     assert ce.prop == "stale-after-return"
     seq = events_of(ce)
     assert seq.index(("reclaim0", "reclaim_unmap")) < seq.index(("zap0", "syscall_return"))
     assert ("reclaim0", "reclaim_flush") not in seq
+    assert ("zap0", "flush_tlb_batched_pending") not in seq
 
 
-def test_hugetlb_unshare_scenario_runs_without_sharing() -> None:
+def test_reclaim_defers_only_where_the_arch_batches() -> None:
+    """Elsewhere reclaim flushes at once; told to defer on an arch without
+    flush_tlb_batched_pending() (a what-if), the race is back."""
+    ok = run("reclaim-munmap", "generic-smp")
+    assert ok.counterexample is None
+    sc = spec.load_builtin("reclaim-munmap")
+    actors = tuple(attrs.evolve(a, batched_flush=True) if a.kind == "reclaim" else a
+                   for a in sc.actors)
+    ce = explore(Config(attrs.evolve(sc, actors=actors), "generic-smp")).counterexample
+    assert ce.prop == "stale-after-return"
+    assert not any(ev["event"] == "flush_tlb_batched_pending" for s in ce.steps
+                   for ev in s.events)
+
+
+def test_hugetlb_unshare_races_gup_fast_where_the_flush_does_not_wait() -> None:
+    """1013af4f585f: on arm64 huge_pmd_unshare() drops its reference while
+    gup_fast (interrupts off) is inside the shared table, and the other
+    process makes it its own; the fix waits for the walker first.  x86-64's
+    flush IPI waits for it anyway; an arch that shares no PMD table has no
+    other process."""
+    ce = run("hugetlb-unshare-gup", "arm64").counterexample
+    assert ce.prop == "lockless-walk-freed-table"
+    assert ce.message.startswith("gup_fast on CPU 1 (interrupts off) is inside pmd table ")
+    assert ce.message.endswith(", which is another process's own page table now")
+    seq = events_of(ce)
+    assert seq.index(("gup_fast0", "gup_walk")) < seq.index(("zap0", "pmd_unshare")) < \
+        seq.index(("zap0", "i_mmap_unlock")) < seq.index(("sharer0", "sharer_reuse"))
+    assert ("gup_fast0", "gup_irq") in seq and seq.count(("gup_fast0", "gup_irq")) == 1
     sc = spec.load_builtin("hugetlb-unshare-gup")
-    assert "hugetlb PMD sharing" in sc.needs
-    assert explore(Config(sc, "rcu-table-free")).counterexample is None
+    fixed = explore(Config(sc, "arm64", fixes=("1013af4f585f",)))
+    assert fixed.counterexample is None and fixed.counts.interleavings > 0
+    for arch in ("x86-64", "rcu-table-free", "generic-smp"):
+        assert run("hugetlb-unshare-gup", arch).counterexample is None, arch
+
+
+def test_unshare_flush_leaves_the_pud_walk_cache_on_arm64_tlbirange() -> None:
+    """What the model finds on v6.5 (docs/explorer.md): after an unshare,
+    FEAT_TLBIRANGE's leaf-only range TLBI keeps CPU 1's walk-cache entry of
+    the cleared PUD, and its next access walks into the table the other
+    process made its own; without FEAT_TLBIRANGE the flush is by ASID, and
+    x86's CR3 reload drops everything."""
+    ce = run("hugetlb-unshare-munmap", "arm64-tlbirange").counterexample
+    assert ce.prop == "walk-freed-table"
+    assert ce.message.startswith("CPU 1 walks 0x40000000 through its walk-cache pud entry "
+                                 "into table ")
+    flush = next(ev for s in ce.steps for ev in s.events if ev["event"] == "tlb_invalidate")
+    assert (flush["op"], flush["leaf"], flush["walk"]) == ("tlbi rvale1is", True, "none")
+    for arch in ("arm64", "x86-64"):
+        assert run("hugetlb-unshare-munmap", arch).counterexample is None
 
 
 # ---------------------------------------------------------------------------

@@ -74,17 +74,48 @@ def test_workers_give_the_verdict_of_one_process(capsys: pytest.CaptureFixture[s
     assert out.splitlines()[1].startswith("lockless-walk-freed-table: ")
 
 
-def test_needs_are_shown(capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, _ = explore(capsys, "hugetlb-unshare-gup", "--arch", "generic-smp")
+def test_needs_are_shown(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "n.toml"
+    path.write_text((spec.resources.files(spec.BUILTIN_PACKAGE) / "dontneed-race.toml")
+                    .read_text().replace("cpus = 3", 'cpus = 3\nneeds = "a model of fork()"'))
+    status, out, _ = explore(capsys, str(path), "--arch", "generic-smp")
     assert status == 0
-    assert out.splitlines()[1].startswith("note: it needs hugetlb PMD sharing in the callers")
+    assert out.splitlines()[1] == "note: it needs a model of fork()"
 
 
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = explore(capsys, "--list")
     assert status == 0
-    names = [line for line in out.splitlines() if not line.startswith(" ")]
+    scenarios, fixes = out.split("\nfixes newer than v6.5 (--fix COMMIT):\n")
+    names = [line for line in scenarios.splitlines() if not line.startswith(" ")]
     assert names == spec.builtin_names()
+    assert fixes.splitlines()[0] == ("1013af4f585f  mm/hugetlb: fix huge_pmd_unshare() vs "
+                                     "GUP-fast race")
+
+
+def test_fix(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--fix adds a fix newer than v6.5: the race v6.5 has is gone; a trace
+    says which fixes it ran with, and its replay runs with them."""
+    status, out, _ = explore(capsys, "hugetlb-unshare-gup", "--arch", "arm64")
+    assert status == 1 and "lockless-walk-freed-table: a counterexample" in out
+    status, out, _ = explore(capsys, "hugetlb-unshare-gup", "--arch", "arm64", "--fix",
+                             "1013af4f585f")
+    assert status == 0
+    assert out.splitlines()[0] == ("scenario hugetlb-unshare-gup: arch arm64, strategy "
+                                   "pointer, no mutant, fix 1013af4f585f")
+    assert _bad(capsys, "hugetlb-unshare-gup", "--fix", "abc") == \
+        "unknown fix 'abc' (known: 1013af4f585f)"
+    trace_path = tmp_path / "t.jsonl"
+    status, _out, _ = explore(capsys, "dontneed-race", "--arch", "generic-smp", "--fix",
+                              "1013af4f585f", "--mutant", "no-nested-flush", "--events",
+                              str(trace_path))
+    assert status == 1
+    head = json.loads(trace_path.read_text().splitlines()[0])
+    assert head["fixes"] == ["1013af4f585f"]
+    status, out, _ = explore(capsys, "--replay", str(trace_path))
+    assert status == 1 and "mutant no-nested-flush, fix 1013af4f585f" in out.splitlines()[0]
+    assert _bad(capsys, "--replay", str(trace_path), "--fix", "1013af4f585f") == \
+        "--replay takes its configuration from the trace: --fix does not go with it"
 
 
 def _bad(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

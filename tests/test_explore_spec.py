@@ -42,7 +42,10 @@ def test_explore_table() -> None:
 @pytest.mark.parametrize("actor,message", [
     ({"cpu": 1}, "s.toml: actor[0].kind: missing"),
     ({"kind": "ghost"}, "s.toml: actor[0].kind: 'ghost' is not one of zap, user, writeback, "
-     "gup_fast, reclaim, allocator"),
+     "gup_fast, reclaim, allocator, driver, sharer"),
+    ({"kind": "driver"}, "s.toml: actor[0].addr: missing"),
+    ({"kind": "sharer", "addr": 0x10000, "file": "x"},
+     "s.toml: actor[0].file: unknown key (allowed: addr, cpu, kind)"),
     ({"kind": "user"}, "s.toml: actor[0].accesses: missing"),
     ({"kind": "user", "accesses": [{"op": "jump", "addr": 0}]},
      "s.toml: actor[0].accesses[0].op: 'jump' is not one of load, store"),
@@ -68,7 +71,17 @@ def test_explore_errors() -> None:
     assert str(exc.value) == "s.toml: explore.depth: 0 is outside 1..100000"
     with pytest.raises(ScenarioError) as exc:
         parse(speed=1)
-    assert str(exc.value) == "s.toml: explore.speed: unknown key (allowed: cpus, depth, needs)"
+    assert str(exc.value) == ("s.toml: explore.speed: unknown key (allowed: cpus, depth, "
+                              "fail_alloc, needs)")
+    with pytest.raises(ScenarioError) as exc:
+        parse(fail_alloc={"page_bach": 1})
+    assert str(exc.value) == ("s.toml: explore.fail_alloc.page_bach: unknown key (allowed: "
+                              "page_batch, table_batch)")
+    with pytest.raises(ScenarioError) as exc:
+        parse(fail_alloc={"page_batch": 65})
+    assert str(exc.value) == "s.toml: explore.fail_alloc.page_batch: 65 is outside 0..64"
+    sc = parse(fail_alloc={"table_batch": 2, "page_batch": 1})
+    assert sc.fail_alloc == (("page_batch", 1), ("table_batch", 2))
     with pytest.raises(ScenarioError) as exc:
         spec.parse_explore({**BASE, "vma": []}, "s.toml")
     assert str(exc.value) == "s.toml: vma: must be a non-empty array of tables ([[vma]])"
@@ -86,4 +99,6 @@ def test_builtins_load(name: str) -> None:
 
 def test_builtin_names() -> None:
     assert spec.builtin_names() == ["dirty-writeback", "dontneed-munmap", "dontneed-race",
-                                    "hugetlb-unshare-gup", "munmap-gup", "reclaim-munmap"]
+                                    "hugetlb-unshare-gup", "hugetlb-unshare-munmap",
+                                    "munmap-ceiling", "munmap-gup", "munmap-nested",
+                                    "munmap-queue-full", "pfnmap-revoke", "reclaim-munmap"]

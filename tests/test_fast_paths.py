@@ -49,7 +49,9 @@ def state_of(callers: Callers) -> dict[str, Any]:
         "pte_tables": {pmd: (t.id, bytes(t.entries)) for pmd, t in aspace.pte_tables.items()},
         "maps": [dict(m) for m in (aspace.huge_pmds, aspace.deposited, aspace.huge_puds,
                                    aspace.pmd_tables, aspace.pud_tables, aspace.p4d_tables,
-                                   aspace.page_cache, aspace.swap_map, aspace.tables)],
+                                   aspace.page_cache, aspace.swap_map, aspace.tables,
+                                   aspace.pmd_share)],
+        "rss": list(aspace.rss_stat),
         "counters": (ctx.rss_freed, ctx.deposited_freed, aspace.next_table_id,
                      aspace.next_swap, callers.swap.folios_freed),
         "machine": (ctx.machine.alloc_stats, len(ctx.machine.rcu_callbacks)),
@@ -131,16 +133,22 @@ def test_builtin_scenarios(name: str, arch: str, strategy: str) -> None:
 def test_mutants(mutant: str, strategy: str) -> None:
     """Every mutant the strategy takes, on every arch, on the scenario that
     catches it: its reports (and everything around them) are the per-PTE
-    path's."""
-    sc = load_builtin(MUTANTS[mutant].scenario)
+    path's.  A mutant only the explorer shows (no such scenario) runs on
+    every built-in scenario instead (munmap-large, the queue-limit one, is
+    left to the mutants that have it: it alone takes longer than all the
+    others together): whatever it does there, both paths must do alike."""
+    name = MUTANTS[mutant].scenario
     if _refused(mutant, strategy):
         with pytest.raises(ValueError, match="has another caller"):
-            run_arch(sc, registry().get("generic-smp"), mutant=mutant, strategy=strategy)
+            run_arch(load_builtin(name or "default"), registry().get("generic-smp"),
+                     mutant=mutant, strategy=strategy)
         return
     caught = 0
-    for arch in BUILTIN_ARCHES:
-        caught += assert_fast_is_reference(sc, arch, strategy=strategy, mutant=mutant)
-    assert caught, f"{mutant} is caught nowhere under {strategy}"
+    for sc_name in [name] if name else [n for n in SCENARIOS if n != "munmap-large"]:
+        sc = load_builtin(sc_name)
+        for arch in BUILTIN_ARCHES:
+            caught += assert_fast_is_reference(sc, arch, strategy=strategy, mutant=mutant)
+    assert caught or not name, f"{mutant} is caught nowhere under {strategy}"
 
 
 def test_exit_4g() -> None:

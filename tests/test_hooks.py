@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 from mmugather.core import strategies
 from mmugather.core.arch import ArchError, ArchRegistry, ArchSpec, make_machine
+from mmugather.core.callers import make_callers
 from mmugather.core.events import Collector, make_emit
 from mmugather.core.gather import MmuGather, tlb_gather_mmu, tlb_gather_mmu_fullmm
 from mmugather.core.hookspecs import hookimpl
 from mmugather.core.mm import Machine, MmStruct
+from mmugather.core.scenario import build
 from mmugather.core.table import MmuTableBatch
 from mmugather.core.vma import VM_EXEC, VM_PFNMAP, Vma
+from teardown_kit import parse
 
 VMA = Vma(0x400000, 0x600000)
 PAGE = 4096
@@ -543,3 +546,103 @@ def test_tlb_free_batch_generic_chunks_and_ranges_frees_ranges() -> None:
         {"ranges": [[5, 1], [6, 1], [7, 1]], "event": "free_ranges"}
     ]
     assert not collector.named("free_pages")
+
+
+def test_flush_tlb_batched_pending_settles_reclaims_flush() -> None:
+    """Hook ``flush_tlb_batched_pending``: nothing where the arch does not
+    batch reclaim's flushes; ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH flushes the
+    whole mm once and clears the debt; x86-64 with its own flush_tlb_mm();
+    zap_pte_range() asks right after taking each table's lock."""
+    def machine_of(arch: str | ArchSpec) -> tuple[Machine, Collector]:
+        collector = Collector()
+        emit = make_emit(observers=[collector])
+        return make_machine(arch, emit=emit, hw_emit=emit), collector
+
+    machine, collector = machine_of("generic-smp")
+    mm = MmStruct(tlb_flush_batched=2)
+    tlb_gather_mmu(machine, mm).flush_tlb_batched_pending()
+    assert mm.tlb_flush_batched == 2 and collector.events[-1]["event"] == "gather_begin"
+
+    toy = ArchSpec(name="toy", description="", features=("SMP",
+                                                          "ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH"))
+    machine, collector = machine_of(toy)
+    mm = MmStruct(tlb_flush_batched=2)
+    tlb = tlb_gather_mmu(machine, mm)
+    tlb.flush_tlb_batched_pending()
+    tlb.flush_tlb_batched_pending()
+    assert mm.tlb_flush_batched == 0
+    assert [(e["event"], e.get("batched"), e.get("op")) for e in collector.events[1:]] == [
+        ("flush_tlb_batched_pending", 2, None), ("tlb_invalidate", None, "flush_tlb_mm")]
+
+    machine, collector = machine_of("x86-64")
+    mm = MmStruct.on(machine.cpus)
+    mm.tlb_flush_batched = 1
+    tlb = tlb_gather_mmu(machine, mm)
+    tlb.flush_tlb_batched_pending()
+    inv = collector.named("tlb_invalidate")
+    assert [(e["op"], e["cpus"], e["walk"], e["waits"]) for e in inv] == [
+        ("flush_tlb_local (cr3)", [0, 1], "asid", True)]
+    assert mm.tlb_flush_batched == 0 and not collector.named("tlb_flush")
+
+    # In zap_pte_range(), under the table's lock, before the first PTE.
+    machine, collector = machine_of("x86-64")
+    sc = parse([{"start": 0x400000, "end": 0x402000, "populate": [{"pages": 2}]}],
+               [{"kind": "munmap", "start": 0x400000, "end": 0x402000}])
+    callers = make_callers(build(sc, machine.geometry), machine)
+    callers.ctx.mm.tlb_flush_batched = 1
+    callers.mmap.munmap(0x400000, 0x402000)
+    seq = names(collector)
+    lock = seq.index("ptl_lock")
+    assert seq[lock + 1:lock + 3] == ["flush_tlb_batched_pending", "tlb_invalidate"]
+    assert seq.index("pte_clear") > lock + 2 and seq.count("flush_tlb_batched_pending") == 1
+
+
+SHARED = [{"start": 0x40000000, "end": 0x80000000, "kind": "hugetlb", "hugepage_size": "pmd",
+           "file": "shm", "shared_pmd": True, "populate": [{"pages": 1024}]},
+          {"start": 0x10000000, "end": 0x10001000, "populate": [{"pages": 1}]}]
+
+
+def test_huge_pmd_unshare_sync_runs_between_the_clear_and_the_put() -> None:
+    """Hook ``huge_pmd_unshare_sync``: v6.5 does nothing between clearing the
+    PUD entry and dropping the reference on a shared PMD table; the fix
+    1013af4f585f waits for interrupts-off walkers there (an ``ipi_sync``
+    where tables are freed through RCU, nothing where the flush IPI waits)."""
+    from mmugather.core import fixes
+
+    def unshare(arch: str, *plugins: Any) -> tuple[list[str], Any]:
+        machine, collector = make(arch, *plugins)
+        sc = parse(SHARED, [{"kind": "munmap", "start": 0x40000000, "end": 0x80000000}])
+        aspace = build(sc, machine.geometry, pmd_share=True)
+        table = aspace.pmd_tables[1]
+        assert aspace.pmd_share == {table: 2}
+        make_callers(aspace, machine).mmap.munmap(0x40000000, 0x80000000)
+        assert aspace.pmd_share == {} and 1 not in aspace.pmd_tables
+        assert table not in aspace.tables
+        seq = names(collector)
+        return seq[seq.index("pmd_unshare"):seq.index("pmd_unshare") + 3], collector
+
+    assert unshare("arm64")[0] == ["pmd_unshare", "ptl_unlock", "tlb_flush"]
+    fix = fixes.get("1013af4f585f").plugin
+    assert unshare("arm64", fix)[0] == ["pmd_unshare", "ipi_sync", "ptl_unlock"]
+    assert unshare("x86-64", fix)[0] == ["pmd_unshare", "ptl_unlock", "tlb_flush"]
+
+    seen: list[tuple[bool, int]] = []
+
+    class Spy:
+        @hookimpl
+        def huge_pmd_unshare_sync(self, tlb: MmuGather) -> bool:
+            aspace = spied.ctx.aspace
+            seen.append((1 in aspace.pmd_tables, sum(aspace.pmd_share.values())))
+            return True
+
+    machine, collector = make("x86-64", Spy())
+    sc = parse(SHARED, [{"kind": "munmap", "start": 0x40000000, "end": 0x80000000}])
+    spied = make_callers(build(sc, machine.geometry, pmd_share=True), machine)
+    spied.mmap.munmap(0x40000000, 0x80000000)
+    # Called once, after the PUD entry is cleared, before the reference goes.
+    assert seen == [(False, 2)]
+    (ev,) = collector.named("pmd_unshare")
+    assert ev["users"] == 2 and ev["addr"] == ev["size"] == 0x40000000
+    assert [a for a, _page in ev["entries"]] == [0x40000000, 0x40200000]
+    assert not collector.named("pte_clear") or all(
+        e["level"] != "huge" for e in collector.named("pte_clear"))

@@ -14,7 +14,8 @@ import pytest
 from mmugather.core import strategies
 from mmugather.core.arch import make_machine, registry
 from mmugather.core.callers import PARTS
-from mmugather.core.callers.memory import Memory
+from mmugather.core.callers.memory import LegacyMemory, Memory
+from mmugather.core.callers.memory_v6_9 import FolioBatchMemory
 from mmugather.core.events import Collector, make_emit
 from mmugather.core.gather import MmuGather, tlb_gather_mmu
 from mmugather.core.mm import MmStruct
@@ -82,6 +83,16 @@ def test_steps_and_fixing_commits() -> None:
         "rmap-before-flush": [("memory", "zap_batch_rmap"), ("memory", "zap_pte_end")],
         "flush-rmaps-after-unlock": [("memory", "zap_pte_end")],
         "no-discard-rmaps": [("memory", "zap_pte_start")],
+        "thp-rmap-after-unlock": [("huge_memory", "zap_huge_pmd_folio")],
+        "ceiling-next-end": [("mmap", "unmap_region_bounds")],
+        "no-pmd-revisit": [("memory", "zap_pmd_resume")],
+        "free-before-flush-rmaps": [("memory", "zap_pte_end")],
+        "unshare-no-flush": [("hugetlb", "huge_pmd_unshare_flush")],
+    }
+    assert {n: [k for k, v in vars(m.gather).items() if callable(v)]
+            for n, m in MUTANTS.items() if m.gather} == {
+        "no-nested-flush": ["mm_tlb_flush_nested"],
+        "nested-drops-freed-tables": ["tlb_finish_nested"],
     }
     assert {n: m.fixed_by.split()[0] for n, m in MUTANTS.items() if m.fixed_by} == {
         "rmap-before-flush": "5df397dec7c4",
@@ -89,7 +100,28 @@ def test_steps_and_fixing_commits() -> None:
         "arm64-ttl-off": "52218fcd61cb",
         "arm64-range-round-down": "67a902a",
         "arm64-no-rcu-table-free": "5e5f6dc10546",
+        "no-flush-batched-pending": "3ea277194daa",
+        "no-nested-flush": "99baac21e458",
+        "nested-drops-freed-tables": "7a30df49f63a",
+        "pfnmap-no-flush": "b67fbebd4cf9",
+        "unshare-no-flush": "a4a118f2eead",
     }
+
+
+def test_each_mutant_is_caught_by_someone() -> None:
+    """By the checker (a rule, on a run scenario), or by the explorer (a
+    property, on a concurrent scenario), or both; each scenario exists."""
+    from mmugather.core.check import RULES
+    from mmugather.core.explore import spec as explore_spec
+
+    for m in MUTANTS.values():
+        assert m.rule or m.explore, m.name
+        assert bool(m.rule) == bool(m.scenario), m.name
+        assert bool(m.explore) == bool(m.prop), m.name
+        if m.rule:
+            assert m.rule in RULES and load_builtin(m.scenario)
+        if m.explore:
+            assert explore_spec.load_builtin(m.explore)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -99,12 +131,16 @@ def test_a_caller_mutant_needs_the_caller_whose_step_it_overrides(
 ) -> None:
     m = MUTANTS[name]
     strat = strategies.get(strategy)
-    if m.callers and strat.caller != "seed":
+    # Refused where the strategy's own class replaces the step: the other
+    # zap_pte_range()s replace the seed's prologue and epilogue.
+    own = {"seed": Memory, "legacy": LegacyMemory, "folio-batch": FolioBatchMemory}[strat.caller]
+    replaced = [step for part, step in m.steps()
+                if part == "memory" and getattr(own, step) is not getattr(Memory, step)]
+    if replaced:
         with pytest.raises(ValueError) as exc:
             mutants.caller_classes(m, strat)
         assert str(exc.value) == (
-            f"mutant {name!r} changes the seed patch's zap_pte_range(); strategy "
-            f"{strategy!r} has another caller"
+            f"mutant {name!r} changes {m.changes}; strategy {strategy!r} has another caller"
         )
         return
     classes = mutants.caller_classes(m, strat)
@@ -212,7 +248,10 @@ def test_mutants_command(capsys: pytest.CaptureFixture[str]) -> None:
     by_name = {d["name"]: d for d in doc}
     assert set(by_name["free-before-flush"]) == {"name", "description", "rule", "breaks",
                                                  "where", "arches", "fixed_by", "scenario",
-                                                 "overrides"}
+                                                 "explore", "property", "overrides"}
+    assert (by_name["no-nested-flush"]["rule"], by_name["no-nested-flush"]["scenario"],
+            by_name["no-nested-flush"]["explore"], by_name["no-nested-flush"]["property"]) == (
+        "", None, "dontneed-race", "stale-after-return")
     assert by_name["free-before-flush"]["fixed_by"] is None
     assert by_name["direct-table-free"]["arches"] == registry().names()
     assert by_name["no-discard-rmaps"]["arches"] == [
@@ -222,17 +261,78 @@ def test_mutants_command(capsys: pytest.CaptureFixture[str]) -> None:
                for d in doc)
 
 
+CHECKER_MD = Path(__file__).resolve().parent.parent / "docs" / "checker.md"
+
+
+def _docs_table() -> list[list[str]]:
+    """The rows of docs/checker.md's mutants table, as cells."""
+    text = CHECKER_MD.read_text()
+    table = text[text.index("<!-- mutants:start -->"):text.index("<!-- mutants:end -->")]
+    rows = []
+    for line in table.splitlines()[3:]:
+        cells = [c.strip().replace("\\|", "|")
+                 for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        rows.append(cells)
+    return rows
+
+
+def test_the_mutants_table_in_the_docs_is_the_registry() -> None:
+    """docs/checker.md lists every mutant, in registry order, with what it
+    breaks, its rule, the built-in arches it applies to, its scenario and
+    its fixing commit as the records say (``mmugather mutants --json``,
+    the built-in arches only)."""
+    from mmugather.arches import BUILTIN
+
+    from mmugather.cli.listing import MARKDOWN_COLUMNS, markdown_table
+
+    records = [m.as_json(BUILTIN) for m in MUTANTS.values()]
+    rows = _docs_table()
+    assert [c[0].strip("`") for c in rows] == list(MUTANTS)
+    keys = [key for _, key in MARKDOWN_COLUMNS]
+    for cells, record in zip(rows, records, strict=True):
+        doc = dict(zip(keys, cells, strict=True))
+        assert doc["breaks"] == record["breaks"]
+        assert doc["rule"] == f"`{record['rule']}`"
+        assert doc["arches"] == (", ".join(record["arches"]) or "no arch")
+        assert doc["scenario"] == f"`{record['scenario']}`"
+        assert doc["fixed_by"] == (record["fixed_by"] or "no single commit")
+    # And it is what the command prints, byte for byte.
+    text = CHECKER_MD.read_text()
+    shown = text[text.index("<!-- mutants:start -->\n") + 23:text.index("\n<!-- mutants:end")]
+    assert shown == markdown_table(records)
+
+
+def test_mutants_command_prints_the_docs_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from mmugather.cli.listing import markdown_table
+
+    assert cli.main(["mutants", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert out == markdown_table([m.as_json(registry()) for m in MUTANTS.values()]) + "\n"
+    assert out.splitlines()[0] == ("| mutant | what it breaks | overrides | caught by | "
+                                   "applies to | scenario | fixed by |")
+
+
+def test_every_rule_is_documented_in_the_checker_page() -> None:
+    from mmugather.core.check import RULES
+
+    text = CHECKER_MD.read_text()
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", text, re.MULTILINE))
+    assert set(RULES) <= documented, sorted(set(RULES) - documented)
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("name", sorted(MUTANTS))
+@pytest.mark.parametrize("name", sorted(n for n, m in MUTANTS.items() if m.rule))
 def test_every_mutant_is_caught_under_every_strategy_that_takes_it(
     name: str, strategy: str
 ) -> None:
     """The engine mutants work with every strategy (``ranges`` with a page
     remover that frees at once gathers no ranges: its hooks leave the rmap
     pointer's in charge), the caller mutants with those that run their
-    step; each trips its rule."""
+    step; each the checker catches trips its rule."""
     m = MUTANTS[name]
-    if m.callers and strategies.get(strategy).caller != "seed":
+    try:
+        mutants.check_strategy(m, strategies.get(strategy))
+    except ValueError:
         return  # refused: test_a_caller_mutant_needs_the_caller_whose_step_it_overrides
     # On generic-smp, or the first built-in arch the mutant is wrong on.
     arch = next(s for s in (registry().get("generic-smp"), *registry()) if m.applies(s))

@@ -103,7 +103,14 @@ BAD_LINES: list[tuple[str, str, tuple[str, ...]]] = [
     ("negative-table", '{"op":"pmd_free_tlb","table":-5,"addr":0}', ("table",)),
     ("vma-start-2-64", '{"op":"tlb_end_vma","start":18446744073709551616,"end":0}', ("start",)),
     ("size-0", '{"op":"tlb_change_page_size","size":0}', ("size",)),
-    ("size-2-32", '{"op":"tlb_remove_huge_tlb_entry","addr":0,"size":4294967296}', ("size",)),
+    # The huge entry's size is an unsigned long (replay-v1 revised 2026-12-02).
+    ("huge-size-0", '{"op":"tlb_remove_huge_tlb_entry","addr":0,"size":0}', ("size",)),
+    (
+        "huge-size-2-64",
+        '{"op":"tlb_remove_huge_tlb_entry","addr":0,"size":18446744073709551616}',
+        ("size", "18446744073709551616 is outside 1..18446744073709551615"),
+    ),
+    ("size-2-32", '{"op":"tlb_change_page_size","size":4294967296}', ("size",)),
     ("page-size-2-32", '{"op":"__tlb_remove_page_size","page":1,"size":4294967296}', ("size",)),
     ("negative-size", '{"op":"tlb_remove_page_size","page":1,"size":-4096}', ("size",)),
     ("unknown-flag", '{"op":"tlb_start_vma","start":0,"end":4096,"flags":["shared"]}', ("shared",)),
@@ -431,3 +438,93 @@ def test_byte_order_mark_and_crlf_are_accepted(tmp_path: Path) -> None:
     events = [json.loads(line)["event"] for line in out.stdout.splitlines()]
     assert "tlb_flush" not in events  # nothing recorded: no flush
     assert events[0] == "gather_begin" and events[-1] == "gather_end"
+
+
+# ----------------------------------------------------------------------
+# Issue 12: odd values are rejected with a short reason, never a traceback
+# ----------------------------------------------------------------------
+
+_BIG = "1" + "0" * 5000
+_MAX = "0..18446744073709551615"
+
+ODD_VALUES: list[tuple[str, str, str]] = [
+    # A 5,000-digit integer in each op's integer field (the old fast path: int()).
+    *(
+        (f"huge-{op}", line, f"{_BIG[:77]}... (5,001 characters) is outside ")
+        for op, line in (
+            ("entry", f'{{"op":"tlb_remove_tlb_entry","addr":{_BIG}}}'),
+            ("queue", f'{{"op":"__tlb_remove_page_size","page":{_BIG}}}'),
+            ("remove", f'{{"op":"tlb_remove_page_size","page":{_BIG}}}'),
+            ("size", f'{{"op":"tlb_change_page_size","size":{_BIG}}}'),
+            ("pmd", f'{{"op":"tlb_remove_pmd_tlb_entry","addr":{_BIG}}}'),
+            ("pud", f'{{"op":"tlb_remove_pud_tlb_entry","addr":{_BIG}}}'),
+            ("spaced", f'{{"op": "tlb_remove_tlb_entry", "addr": {_BIG}}}'),
+        )
+    ),
+    (
+        "2-64-decimal",
+        '{"op": "tlb_remove_tlb_entry", "addr": 18446744073709551616}',
+        f"field 'addr': 18446744073709551616 is outside {_MAX}",
+    ),
+    (
+        "long-hex",
+        '{"op":"tlb_remove_tlb_entry","addr":"0x1' + "0" * 6000 + '"}',
+        "(6,005 characters) is outside " + _MAX,
+    ),
+    ("hex-leading-space", '{"op":"tlb_remove_tlb_entry","addr":" 0x400000"}', "' 0x400000'"),
+    ("hex-newline", '{"op":"tlb_remove_tlb_entry","addr":"0x400000\\n"}', "'0x400000\\n'"),
+    ("hex-nbsp", '{"op":"tlb_remove_tlb_entry","addr":"0x400000\\u00a0"}', "'0x400000\\xa0'"),
+]
+
+
+@pytest.mark.parametrize(("line", "needle"), [c[1:] for c in ODD_VALUES],
+                         ids=[c[0] for c in ODD_VALUES])
+def test_odd_values_are_rejected_in_one_short_line(
+    tmp_path: Path, line: str, needle: str
+) -> None:
+    path = write(tmp_path, [GATHER, line, '{"op":"tlb_finish_mmu"}'])
+    events = tmp_path / "events.jsonl"
+    proc = mmugather("replay", str(path), "--events", str(events))
+    err = assert_rejected(proc, events, f"{path}:2: ", needle)
+    assert "Traceback" not in err and "int_max_str_digits" not in err
+    assert "not JSON" not in err and "fraction" not in err
+    assert len(err) < len(str(path)) + 200
+
+
+def test_a_10_megabyte_op_name_gives_a_short_line(tmp_path: Path) -> None:
+    name = "x" * 10_000_000
+    path = write(tmp_path, [json.dumps({"op": name})])
+    events = tmp_path / "events.jsonl"
+    err = assert_rejected(mmugather("replay", str(path), "--events", str(events)), events,
+                          f"{path}:1: unknown op 'xxxx", "(10,000,002 characters)")
+    assert len(err) < len(str(path)) + 200
+
+
+def test_huge_entry_size_is_an_unsigned_long(tmp_path: Path) -> None:
+    """replay-v1 revised 2026-12-02: huge_page_size() is an unsigned long; the
+    level follows the whole size, the range takes its low 32 bits."""
+    path = write(
+        tmp_path,
+        [
+            GATHER,
+            '{"op":"tlb_remove_huge_tlb_entry","addr":"0x40000000","size":4294967296}',
+            '{"op": "tlb_remove_huge_tlb_entry", "addr": "0x8000000000", '
+            '"size": "0xffffffffffffffff"}',
+            '{"op":"tlb_finish_mmu"}',
+        ],
+    )
+    proc = mmugather("replay", str(path), "--arch", "generic-smp")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert contract_of(proc.stdout) == [
+        {
+            "event": "tlb_flush",
+            "scope": "range",
+            "start": 0x40000000,
+            "end": 0x8000000000 + 0xFFFFFFFF,
+            "exec": False,
+            "huge": False,
+            "freed_tables": False,
+            "levels": ["pud", "p4d"],
+        },
+        {"event": "mmu_notifier_invalidate", "start": 0x40000000, "end": 0x8000000000 + 0xFFFFFFFF},
+    ]

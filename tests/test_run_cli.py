@@ -267,7 +267,9 @@ def test_mutants_command_lists_each_mutant_and_its_rule(
     assert cli.main(["mutants"]) == 0
     out = capsys.readouterr().out
     for m in MUTANTS.values():
-        assert f"{m.name}\n    {m.description}\n    caught by: {m.rule} ({RULES[m.rule]})" in out
+        caught = (f"    caught by: {m.rule} ({RULES[m.rule]}), mmugather run {m.scenario}"
+                  if m.rule else f"    explorer: {m.prop}, mmugather explore {m.explore}")
+        assert f"{m.name}\n    {m.description}\n{caught}\n" in out
 
 
 def test_scenarios_command_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> None:
@@ -309,3 +311,14 @@ def test_reports_beyond_show_and_the_cap_are_counted(capsys: pytest.CaptureFixtu
                              "--show", "0")
     assert "\n[" not in out
     assert "  … 50 more reports (reports are capped at 50; --show N, --json for all)" in out
+
+
+def test_a_mutant_only_an_interleaving_shows(capsys: pytest.CaptureFixture[str]) -> None:
+    """run says where to look for a mutant its checker cannot see."""
+    status, out, _ = run_cli(capsys, "order0-anon", "--arch", "x86-64", "--arch", "up",
+                             "--mutant", "no-flush-batched-pending")
+    assert status == 0
+    assert out.endswith(
+        "\nx86-64: the checker cannot see this mutant, only an interleaving shows it: "
+        "mmugather explore reclaim-munmap --arch x86-64 --mutant no-flush-batched-pending\n"
+        "\nup: the mutant's ordering is not wrong on this arch: no violation expected\n")

@@ -154,16 +154,32 @@ def make_callers(
 
 def run_ops(callers: Callers, ops: Sequence[dict[str, Any]], rcu_at_end: bool = True) -> None:
     """Run scenario operations in order; a grace period ends the run so that
-    RCU-freed tables are freed too."""
+    RCU-freed tables are freed too.
+
+    An operation with ``nested`` runs while another thread's gather is in
+    flight on the mm (inc_tlb_flush_pending() by a concurrent
+    MADV_DONTNEED, mprotect() or migration under the mmap read lock, which
+    munmap() also holds once it has detached its VMAs): its own
+    tlb_finish_mmu() then finds mm_tlb_flush_nested() true."""
+    complete = callers.ctx.complete
+    mm = callers.ctx.mm
     for op in ops:
         kind = op["kind"]
+        zapped: list[tuple[int, int]] = []
+        nested = op.get("nested", False)
+        if nested:
+            mm.tlb_flush_pending += 1
         if kind == "exit":
             callers.mmap.exit_mmap()
         elif kind == "munmap":
             callers.mmap.munmap(op["start"], op["end"])
         elif kind == "madvise_dontneed":
-            callers.madvise.madvise_dontneed(op["start"], op["end"])
+            zapped = callers.madvise.madvise_dontneed(op["start"], op["end"])
         else:  # pragma: no cover - the scenario validator rejects others
             raise ValueError(f"unknown operation {kind!r}")
+        if nested:
+            mm.tlb_flush_pending -= 1
+        if complete is not None:
+            complete.after_op(op, zapped)
     if rcu_at_end:
         callers.ctx.machine.rcu_grace_period()

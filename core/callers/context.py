@@ -8,13 +8,16 @@ functions live in the module of the kernel file that has them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from mmugather.core.aspace import AddressSpace
 from mmugather.core.constants import MASK64, Geometry
 from mmugather.core.events import Emit, PageRows, page_rows
 from mmugather.core.mm import Machine, MmStruct
+
+if TYPE_CHECKING:
+    from mmugather.core.check.complete import Completeness
 
 #: The lock id of mm->page_table_lock (the lock of a huge PMD without a
 #: split PMD lock, and of hugetlb entries other than PMD size).
@@ -43,6 +46,9 @@ class ZapContext:
     #: PTE table's common entries, a batch's rmaps and references, a step
     #: at a time) where they apply; False: the per-PTE, per-page paths alone
     fast: bool = False
+    #: the completeness rules (``mmugather run`` with the checker on):
+    #: told of each PTE table freed and each operation done
+    complete: Completeness | None = None
     geo: Geometry = attrs.field(init=False)
     emit: Emit | None = attrs.field(init=False)
     #: the per-PTE ``pte_clear`` events go through here

@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING
 
 import attrs
 from mmugather.core.aspace import (
+    F_ANON,
     F_DEFERRED_SPLIT,
+    F_DIRTY,
+    F_SWAPCACHE,
+    MM_ANONPAGES,
+    MM_FILEPAGES,
     PFN_BASE,
     PTE_DIRTY,
     PTE_PRESENT,
@@ -80,6 +85,9 @@ class HugeMemory:
         self.rmap.page_remove_rmap(pfn, True)
         self.zap_deposited_table(pmd_i)
         ctx.rss_freed += geo.ptrs_per_pte
+        store = ctx.aspace.pages
+        anon = store.flags[store.head[pfn - PFN_BASE]] & F_ANON
+        ctx.aspace.rss_stat[MM_ANONPAGES if anon else MM_FILEPAGES] -= geo.ptrs_per_pte
         if emit is not None:
             emit("ptl_unlock", table=lock)
         tlb.tlb_remove_page_size(pfn, geo.pmd_size)
@@ -96,16 +104,25 @@ class HugeMemory:
         """__split_huge_pmd(): map an anon THP's pages with PTEs from the
         deposited table.  A file THP is not remapped: its PMD is cleared and
         flushed at once (pmdp_huge_clear_flush()), the page cache still has
-        the folio and a later fault maps what is needed."""
+        the folio and a later fault maps what is needed.
+
+        Either way a dirty PMD's dirty bit is not lost: it goes to the folio
+        (set_page_dirty() for a file THP, SetPageDirty() for an anon one)
+        and, for an anon THP, to each PTE."""
         aspace = self.ctx.aspace
         geo = self.ctx.geo
+        store = aspace.pages
         if not vma.is_anon:
             orig = aspace.huge_pmds.pop(pmd_i)
             pfn = orig >> 8
             if not orig & PTE_SPECIAL:
+                head = store.head[pfn - PFN_BASE]
+                if orig & PTE_DIRTY:
+                    store.flags[head] |= F_DIRTY
                 self.rmap.page_remove_rmap(pfn, True)
-                self.swap.put_page(aspace.pages.head[pfn - PFN_BASE])
+                self.swap.put_page(head)
                 self.swap.flush_folio_frees()
+                aspace.rss_stat[MM_FILEPAGES] -= geo.ptrs_per_pte
             return
         orig = aspace.huge_pmds.pop(pmd_i)
         table_id = aspace.deposited.pop(pmd_i, None)
@@ -116,8 +133,9 @@ class HugeMemory:
         table = PteTable(table_id, array("q", bytes(8 * n)))
         aspace.pte_tables[pmd_i] = table
         pfn = orig >> 8
-        store = aspace.pages
         head = store.head[pfn - PFN_BASE]
+        if orig & PTE_DIRTY:
+            store.flags[head] |= F_DIRTY
         bits = orig & (PTE_DIRTY | PTE_YOUNG) | PTE_PRESENT
         for k in range(n):
             table.entries[k] = ((pfn + k) << 8) | bits
@@ -128,11 +146,22 @@ class HugeMemory:
 
     def deferred_split_folio(self, head: int) -> None:
         """deferred_split_folio(): queue a partly unmapped large folio for a
-        split, once."""
+        split, once.
+
+        A folio in the swap cache is left alone: reclaim adds a large folio
+        to the swap cache before it unmaps it, so it is handling the folio
+        already (and a second user of the queue would race with it).  A
+        folio of order 0 or 1 has no room for the deferred list: v6.5
+        VM_BUG_ONs one, and its page_remove_rmap() queues PMD-sized folios
+        only; the later rmap functions the strategies run
+        (``folio_remove_rmap_range()``, ``folio_remove_rmap_ptes()``) pass
+        any large folio, which later kernels turn away here.
+        """
         store = self.ctx.aspace.pages
-        if store.flags[head] & F_DEFERRED_SPLIT:
+        flags = store.flags[head]
+        if store.order[head] < 2 or flags & (F_SWAPCACHE | F_DEFERRED_SPLIT):
             return
-        store.flags[head] |= F_DEFERRED_SPLIT
+        store.flags[head] = flags | F_DEFERRED_SPLIT
         emit = self.ctx.emit
         if emit is not None:
             emit("deferred_split", folio=PFN_BASE + head)

@@ -24,12 +24,16 @@ import attrs
 from mmugather.core.aspace import (
     F_ANON,
     F_DIRTY,
+    MM_ANONPAGES,
+    MM_FILEPAGES,
+    MM_SWAPENTS,
     PFN_BASE,
     PTE_DIRTY,
     PTE_PRESENT,
     PTE_SPECIAL,
     SWP_KIND,
     SWP_MARKER,
+    SWP_MIGRATION,
     SWP_SWAP,
     MmVma,
 )
@@ -88,6 +92,9 @@ class Memory:
         clear = rows.pte_clear if rows is not None else None
         if emit is not None:
             emit("ptl_lock", table=table.id, vma_start=vma.start)
+        # Reclaim may have cleared PTEs of this table and deferred their
+        # flush: settle it before anything here relies on the TLB (3ea277194daa).
+        tlb.flush_tlb_batched_pending()
         entries = table.entries
         i = (addr >> geo.page_shift) & (geo.ptrs_per_pte - 1)
         store = ctx.aspace.pages
@@ -109,9 +116,10 @@ class Memory:
         first = -1
         last = 0
         freed = 0
+        anon = 0  # of the freed pages, anonymous ones (the rss counters)
         if ctx.fast and type(self) is Memory:
             # The table's leading common entries, a step at a time.
-            i, addr, first, last, freed, queue_full = zap_pte_run(
+            i, addr, first, last, freed, anon, queue_full = zap_pte_run(
                 self, tlb, table, i, addr, end, batch_rmap)
             force_flush = queue_full
         while addr != end and not queue_full:
@@ -158,6 +166,7 @@ class Memory:
                                 page_remove_rmap(pfn, False)
                                 queue_flag = 0
                         freed += 1
+                        anon += flags & F_ANON
                         if remove_page(pfn, page_size, queue_flag):
                             force_flush = queue_full = True
                             addr += page_size
@@ -172,6 +181,9 @@ class Memory:
         if last > first >= 0:
             tlb.tlb_flush_pte_range(first, last - first + page_size)
         ctx.rss_freed += freed
+        rss = ctx.aspace.rss_stat
+        rss[MM_ANONPAGES] -= anon
+        rss[MM_FILEPAGES] -= freed - anon
         self.zap_pte_end(tlb, vma.gvma, table.id, force_flush, dirty_flush, queue_full)
         if ctx.progress is not None:
             ctx.progress(len(entries))
@@ -229,6 +241,7 @@ class Memory:
             if details is not None and not details.even_cows:
                 return False
             self.swap.free_swap_and_cache(ent >> 8)
+            self.ctx.aspace.rss_stat[MM_SWAPENTS] -= 1
             emit = self.ctx.emit
             if emit is not None:
                 emit("swap_free", addr=addr, entry=ent >> 8)
@@ -236,6 +249,11 @@ class Memory:
             # uffd-wp markers: anon ones always go, file ones only when the
             # caller asks (ZAP_FLAG_DROP_MARKER).
             return anon_vma or (details is not None and details.drop_marker)
+        if kind == SWP_MIGRATION:
+            # The page under migration still counted in the rss.
+            store = self.ctx.aspace.pages
+            anon = store.flags[store.head[(ent >> 8) - PFN_BASE]] & F_ANON
+            self.ctx.aspace.rss_stat[MM_ANONPAGES if anon else MM_FILEPAGES] -= 1
         # Migration and hwpoison entries: the page is not ours any more;
         # only the entry goes.
         return True
@@ -328,7 +346,7 @@ class Memory:
             emit("vma_unmap", start=start, end=end, kind=vma.kind, vma_start=vma.start)
         if start != end:
             if vma.is_hugetlb:
-                self.hugetlb.unmap_hugepage_range(tlb, vma, start, end)
+                self.hugetlb.unmap_hugepage_range_final(tlb, vma, start, end)
             else:
                 self.unmap_page_range(tlb, vma, start, end, details)
 

@@ -65,9 +65,9 @@ MIN_PAGES = 32
 #: Addresses (and page ids) as numpy handles them: signed 64-bit.
 _I64_LIMIT = 1 << 63
 
-#: (i, addr, first, last, freed, queue_full): where zap_pte_range()'s loop
-#: goes on, and what the stretch did (see zap_pte_run()).
-ZapState = tuple[int, int, int, int, int, bool]
+#: (i, addr, first, last, freed, anon, queue_full): where zap_pte_range()'s
+#: loop goes on, and what the stretch did (see zap_pte_run()).
+ZapState = tuple[int, int, int, int, int, int, bool]
 
 
 def _view(arr: Any, dtype: Any) -> Any:
@@ -147,11 +147,12 @@ def zap_pte_run(mem: Memory, tlb: MmuGather, table: PteTable, i: int, addr: int,
 
     Returns where the per-PTE loop goes on (entry ``i`` at ``addr``: the
     first uncommon entry, or ``end``), the first and last address it
-    cleared (-1, 0: none), the pages it gave to the gather, and whether the
-    queue filled (the loop must then stop, as after the page that filled
-    it).  Returns ``i``, ``addr`` unchanged when it cannot help.
+    cleared (-1, 0: none), the pages it gave to the gather and how many of
+    them are anonymous (the rss counters), and whether the queue filled
+    (the loop must then stop, as after the page that filled it).  Returns
+    ``i``, ``addr`` unchanged when it cannot help.
     """
-    nothing: ZapState = (i, addr, -1, 0, 0, False)
+    nothing: ZapState = (i, addr, -1, 0, 0, 0, False)
     ctx = mem.ctx
     entries = table.entries
     store = ctx.aspace.pages
@@ -171,7 +172,7 @@ def zap_pte_run(mem: Memory, tlb: MmuGather, table: PteTable, i: int, addr: int,
     ents = _view(entries, np.int64)[i:i + n]
     pos = ents.nonzero()[0]
     if not len(pos):
-        return i + n, end, -1, 0, 0, False
+        return i + n, end, -1, 0, 0, 0, False
     e = ents[pos]
     pidx = (e >> 8) - PFN_BASE
     ok = ((e & (PTE_PRESENT | PTE_SPECIAL)) == PTE_PRESENT) & (pidx >= 0) & (pidx < len(store))
@@ -188,8 +189,9 @@ def zap_pte_run(mem: Memory, tlb: MmuGather, table: PteTable, i: int, addr: int,
     # The per-PTE loop takes over at the first uncommon entry.
     stop = int(pos[k]) if k < len(pos) else n
     if not k:
-        return i + stop, addr + stop * page_size, -1, 0, 0, False
+        return i + stop, addr + stop * page_size, -1, 0, 0, 0, False
     pos = pos[:k]
+    anon_at = (flags[:k] & F_ANON) != 0
     addrs = addr + pos * page_size
     if not tlb.end and not (int(addrs[0]) + page_size) & MASK64:
         return nothing  # queue_page() would find no range: the loop says so
@@ -237,11 +239,13 @@ def zap_pte_run(mem: Memory, tlb: MmuGather, table: PteTable, i: int, addr: int,
             if not tlb.tlb_next_batch():
                 # The queue is full: the loop stops after this page.
                 nxt = hi + 1
-                return i + nxt, addr + nxt * page_size, first, last, done, True
+                return (i + nxt, addr + nxt * page_size, first, last, done,
+                        int(anon_at[:done].sum()), True)
             batch = tlb.active
     if done < k:
         stop = int(pos[done])
-    return i + stop, addr + stop * page_size, first, last, done, False
+    return (i + stop, addr + stop * page_size, first, last, done,
+            int(anon_at[:done].sum()), False)
 
 
 def remove_rmaps(ctx: ZapContext, pages: Any) -> int:

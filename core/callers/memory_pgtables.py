@@ -4,7 +4,10 @@
 ``free_pgd_range()`` down through ``free_p4d_range()``,
 ``free_pud_range()`` and ``free_pmd_range()`` to ``free_pte_range()``:
 each table whose whole span lies inside [floor, ceiling) is unhooked and
-handed to the gather (``p?d_free_tlb()``).  The zapping half of the file
+handed to the gather (``p?d_free_tlb()``).  A folded level
+(``Geometry.folded``) has no table: the walk goes through it, and its
+``p?d_free_tlb()`` frees nothing, as ``pgtable-nop4d.h`` and
+``pgtable-nopud.h`` make it.  The zapping half of the file
 is :mod:`mmugather.core.callers.memory`.
 """
 
@@ -72,7 +75,8 @@ class FreePgtables:
         aspace = self.ctx.aspace
         while True:
             nxt = addr_end(addr, end, geo.pgdir_size)
-            if (addr >> geo.pgdir_shift) in aspace.p4d_tables:
+            # A folded P4D level: the PGD entry is the P4D entry, never none.
+            if geo.p4d_folded or (addr >> geo.pgdir_shift) in aspace.p4d_tables:
                 self.free_p4d_range(tlb, addr, nxt, floor, ceiling)
             addr = nxt
             if addr == end:
@@ -86,12 +90,14 @@ class FreePgtables:
         start = addr
         while True:
             nxt = addr_end(addr, end, geo.p4d_size)
-            if (addr >> geo.p4d_shift) in aspace.pud_tables:
+            if geo.pud_folded or (addr >> geo.p4d_shift) in aspace.pud_tables:
                 self.free_pud_range(tlb, addr, nxt, floor, ceiling)
             addr = nxt
             if addr == end:
                 break
-        self.free_table_above(tlb, "p4d", start, end, floor, ceiling)
+        # p4d_free_tlb() does nothing for a folded level: no table to free.
+        if not geo.p4d_folded:
+            self.free_table_above(tlb, "p4d", start, end, floor, ceiling)
 
     def free_pud_range(
         self, tlb: MmuGather, addr: int, end: int, floor: int, ceiling: int
@@ -107,7 +113,9 @@ class FreePgtables:
             addr = nxt
             if addr == end:
                 break
-        self.free_table_above(tlb, "pud", start, end, floor, ceiling)
+        # pud_free_tlb() does nothing for a folded level.
+        if not geo.pud_folded:
+            self.free_table_above(tlb, "pud", start, end, floor, ceiling)
 
     def free_pmd_range(
         self, tlb: MmuGather, addr: int, end: int, floor: int, ceiling: int
@@ -129,6 +137,8 @@ class FreePgtables:
 
     def free_pte_range(self, tlb: MmuGather, pmd_i: int, addr: int) -> None:
         table = self.ctx.aspace.pte_tables.pop(pmd_i)
+        if self.ctx.complete is not None:
+            self.ctx.complete.pte_table_freed(table, addr)
         self._unhook("pte", table.id, addr)
         tlb.pte_free_tlb(table.id, addr)
 

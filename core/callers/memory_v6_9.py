@@ -14,6 +14,8 @@ import attrs
 from mmugather.core.aspace import (
     F_ANON,
     F_DIRTY,
+    MM_ANONPAGES,
+    MM_FILEPAGES,
     PFN_BASE,
     PTE_DIRTY,
     PTE_PRESENT,
@@ -60,6 +62,9 @@ class FolioBatchMemory(LegacyMemory):
         clear = ctx.rows.pte_clear if ctx.rows is not None else None
         if emit is not None:
             emit("ptl_lock", table=table.id, vma_start=vma.start)
+        # Reclaim may have cleared PTEs of this table and deferred their
+        # flush: settle it before anything here relies on the TLB (3ea277194daa).
+        tlb.flush_tlb_batched_pending()
         entries = table.entries
         i = (addr >> page_shift) & (geo.ptrs_per_pte - 1)
         store = ctx.aspace.pages
@@ -73,6 +78,7 @@ class FolioBatchMemory(LegacyMemory):
         first = -1
         last = 0
         freed = 0
+        anon_freed = 0  # of the freed pages, anonymous ones (the rss counters)
         while True:
             ent = entries[i]
             nr = 1
@@ -127,6 +133,8 @@ class FolioBatchMemory(LegacyMemory):
                                          nr=nr)
                             folio_remove_rmap_ptes(pfn, nr)
                         freed += nr
+                        if anon:
+                            anon_freed += nr
                         if remove_folio(pfn, nr, delay_rmap):
                             force_flush = queue_full = True
                             addr += nr * page_size
@@ -141,6 +149,9 @@ class FolioBatchMemory(LegacyMemory):
         if last > first >= 0:
             tlb.tlb_flush_pte_range(first, last - first + page_size)
         ctx.rss_freed += freed
+        rss = ctx.aspace.rss_stat
+        rss[MM_ANONPAGES] -= anon_freed
+        rss[MM_FILEPAGES] -= freed - anon_freed
         self.zap_pte_end(tlb, vma.gvma, table.id, force_flush, dirty_flush, queue_full)
         if ctx.progress is not None:
             ctx.progress(len(entries))

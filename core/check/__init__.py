@@ -2,12 +2,19 @@
 
 :class:`Checker` is an event observer; :data:`RULES` names every rule
 (``rules.py``); the rules that ask what the hardware can still reach are in
-``reach.py``, reports in ``report.py``.
+``reach.py``, what a teardown must leave behind in ``complete.py``,
+reports in ``report.py``.
 """
 
 from mmugather.core.check.checker import Checker
 from mmugather.core.check.report import TRAIL, Violation
-from mmugather.core.check.rules import COMMON_RULES, HARDWARE_RULES, REPLAY_RULES, RULES
+from mmugather.core.check.rules import (
+    COMMON_RULES,
+    COMPLETENESS_RULES,
+    HARDWARE_RULES,
+    REPLAY_RULES,
+    RULES,
+)
 
-__all__ = ["COMMON_RULES", "HARDWARE_RULES", "REPLAY_RULES", "RULES", "TRAIL", "Checker",
-           "Violation"]
+__all__ = ["COMMON_RULES", "COMPLETENESS_RULES", "HARDWARE_RULES", "REPLAY_RULES", "RULES",
+           "TRAIL", "Checker", "Violation"]

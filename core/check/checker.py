@@ -81,6 +81,9 @@ class Checker:
         #: its clear, the clear event (Seen)]
         self.inflight: dict[int, list[Any]] = {}
         self.pending_rmap: dict[int, tuple[int | None, int]] = {}  # page -> (ptl, vma_start)
+        #: page -> the lock held when its PTE (or huge entry) was cleared with
+        #: its rmap to go at once (``rmap="now"``), until it goes
+        self.now_ptl: dict[int, int | None] = {}
         self.pending_extra: dict[int, int] = {}
         self.tables: dict[int, str] = {}  # table -> unhooked|flushed|rcu|rcu-done|ipi
         self.table_level: dict[int, str] = {}
@@ -123,6 +126,7 @@ class Checker:
             "pte_clear_flush": self._pte_clear_flush,
             "mm_exit": self._mm_exit,
             "vma_end": self._vma_end,
+            "pmd_unshare": self._pmd_unshare,
         }
 
     # structlog processor signature
@@ -187,6 +191,15 @@ class Checker:
     def _vma_end(self, ev: dict[str, Any]) -> None:
         if self.hw is not None:
             self.hw.vma_end(ev["start"], ev["end"], ev["pfnmap"])
+
+    def _pmd_unshare(self, ev: dict[str, Any]) -> None:
+        """huge_pmd_unshare(): the huge entries this mm reached through the
+        shared table are gone from its page tables (still there for the
+        other process): stale in this mm's TLBs until a flush."""
+        if self.hw is not None:
+            size = self.hw.tlb.geometry.pmd_size
+            for addr, page in ev["entries"]:
+                self.hw.tlb.entry_cleared(addr, size, "pmd", page, False, self.seq)
 
     def _ptl_lock(self, ev: dict[str, Any]) -> None:
         self.saw_callers = True
@@ -264,6 +277,7 @@ class Checker:
         inflight = self.inflight
         pending_rmap = self.pending_rmap
         ptl_key = (self.ptl, self.ptl_vma)
+        now_ptl = self.now_ptl
         for row in rows:
             seq += 1
             _addr, page, rmap, dirty_file = row
@@ -286,6 +300,8 @@ class Checker:
                     self.pending_extra[page] = self.pending_extra.get(page, 0) + 1
                 else:
                     pending_rmap[page] = ptl_key
+            elif rmap == "now":
+                now_ptl[page] = ptl_key[0]
 
     def _remove_rmap(self, page: int) -> None:
         rec = self.inflight.get(page)
@@ -447,13 +463,30 @@ class Checker:
                 )
 
     def _rmap_remove_now(self, ev: dict[str, Any]) -> None:
-        self._remove_rmap(ev["page"])
+        page = ev["page"]
+        self._now_under_ptl(page)
+        self._remove_rmap(page)
 
     def _rmap_remove_ptes(self, ev: dict[str, Any]) -> None:
         """The ``folio-batch`` caller removed a run's rmaps at once."""
         first = ev["first"]
         for page in range(first, first + ev["nr"]):
+            self._now_under_ptl(page)
             self._remove_rmap(page)
+
+    def _now_under_ptl(self, page: int) -> None:
+        """A rmap removed at once (hugetlb, a THP, ``up``, ``s390``) goes
+        under the lock that was held when its entry was cleared: with the
+        lock dropped, a racing rmap walk (folio_mkclean(), try_to_unmap())
+        finds the page mapped by an entry that is gone."""
+        ptl = self.now_ptl.pop(page, None)
+        if ptl is not None and self.ptl != ptl:
+            self.violate(
+                "rmap-outside-ptl",
+                f"page {page:#x}: rmap removed at once after the lock of table {ptl:#x} "
+                "that was held when its entry was cleared was dropped",
+                page,
+            )
 
     def _uncovered_now(self) -> set[int | None]:
         """The pages of the cleared entries no flush has covered yet."""
@@ -651,6 +684,7 @@ class Checker:
         self._uncovered_pages = None
         self.uncovered_size.clear()
         self.pending_rmap.clear()
+        self.now_ptl.clear()
         self.inflight.clear()
 
     def finish(self) -> None:

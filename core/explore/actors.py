@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mmugather.core.aspace import F_ANON, F_DIRTY, F_FREED, PFN_BASE, PTE_DIRTY, PTE_PRESENT
-from mmugather.core.explore.hwx import LEVELS, Walk, is_page, lookup, page_of
+from mmugather.core.explore.hwx import (
+    Walk,
+    child_table,
+    is_page,
+    levels,
+    lookup,
+    page_of,
+    shifts,
+)
 from mmugather.core.explore.mem import (
     FLAGS,
     HEAD,
@@ -24,6 +32,7 @@ from mmugather.core.explore.mem import (
     PMD_TABLES,
     PUD_TABLES,
     REFCOUNT,
+    VMAS,
     Mem,
 )
 from mmugather.core.explore.spec import ActorSpec
@@ -91,8 +100,10 @@ def page_freed(mem: Mem, pfn: int) -> bool:
     return bool(mem.page_view(FLAGS)[folio_head(mem, pfn)] & F_FREED)
 
 
-def _gone_text(st: State, pfn: int) -> str:
-    return "handed out again by the allocator" if pfn in st.reused else "freed"
+def _gone_text(eng: Engine, st: State, pfn: int) -> str:
+    if pfn not in st.reused:
+        return "freed"
+    return eng.reused_how.get(pfn, "handed out again by the allocator")
 
 
 def fill_walk(s: State, cpu: int, entries: list[Any]) -> None:
@@ -123,9 +134,21 @@ class UserThread(Actor):
         self.warm = spec.warm
         #: what _fault_locks() found, by what it depends on
         self._locks_seen: dict[Any, list[Any]] = {}
+        #: the anonymous page each address of its accesses maps at the
+        #: start, if no zapping thread unmaps that address
+        self._kept: dict[int, int] = {}
 
     def init(self, eng: Engine, s: State) -> None:
         s.set_local(self.index, 0)
+        ranges = [(0, 1 << 64) if op["kind"] == "exit" else (op["start"], op["end"])
+                  for a in eng.cfg.scenario.actors if a.kind == "zap" for op in a.ops]
+        for _op, va in self.accesses:
+            leaf = eng.mapping(s.mem, va).leaf
+            if leaf is None or any(lo <= va < hi for lo, hi in ranges):
+                continue
+            page = page_of(leaf, va, eng.geo)
+            if is_page(s.mem, page) and s.mem.page_view(FLAGS)[folio_head(s.mem, page)] & F_ANON:
+                self._kept[va] = page
         if not self.warm:
             return
         cpu = self.cpu
@@ -208,13 +231,14 @@ class UserThread(Actor):
                 s.violation = Violation(
                     "walk-freed-table",
                     f"CPU {cpu} walks {va:#x} through its walk-cache {level} entry into "
-                    f"table {table:#x}, which is {_gone_text(st, table)}")
+                    f"table {table:#x}, which is {_gone_text(eng, st, table)}")
                 return s, [ev], Fp(frozenset(reads), frozenset(writes))
             if w.pte_table is not None:
                 reads.add(pte_item(eng, w.pte_table, va))
             if w.leaf is None:
                 s.set_local(self.index, len(self.accesses))
                 ev = {"op": op, "addr": va, "event": "user_fault"}
+                s.violation = self._lost(eng, st, va, reads)
                 return s, [ev], Fp(frozenset(reads), frozenset(writes))
             leaf = w.leaf
             page = page_of(leaf, va, geo)
@@ -227,13 +251,35 @@ class UserThread(Actor):
             if page_freed(s.mem, page) or page in st.reused:
                 violation = Violation("use-after-free",
                                       f"CPU {cpu} maps page {page:#x} from a PTE although the "
-                                      f"page is {_gone_text(st, page)}")
+                                      f"page is {_gone_text(eng, st, page)}")
         if store and is_page(mem, page):
             s.versions = st.with_version(page, st.version(page) + 1)
             writes.add(("ver", page))
         if violation is not None:
             s.violation = violation
         return s, [ev], Fp(frozenset(reads), frozenset(writes))
+
+    def _lost(self, eng: Engine, st: State, va: int, reads: set[Any]) -> Violation | None:
+        """A fault at ``va``: if an anonymous page was mapped there, no
+        thread unmapped the address and its VMA is still there, then the
+        mapping was destroyed under the process (its PTE, or the table
+        holding it, gone): the fault maps a fresh zero page and the data
+        is lost."""
+        page = self._kept.get(va)
+        if page is None:
+            return None
+        reads.add(("D", "vmas"))
+        if not any(v[0] <= va < v[1] for v in st.mem.parts[VMAS]):
+            return None
+        pte = st.mem.pte(eng.geo, va)
+        if pte is not None and pte[1]:
+            return None  # a swap or migration entry: the data is kept
+        return Violation(
+            "lost-mapping",
+            f"CPU {self.cpu} faults at {va:#x}, in a VMA still mapped that no unmap covered: "
+            f"its anonymous page {page:#x} lost its mapping "
+            f"({'its PTE table is gone' if pte is None else 'its PTE is none'}), so the fault "
+            "maps a fresh page and the data is lost")
 
     def _dirty(self, eng: Engine, mem: Mem, va: int, leaf: Leaf, w: Walk,
                writes: set[Any]) -> Mem:
@@ -263,11 +309,11 @@ class UserThread(Actor):
                    reads: set[Any]) -> Violation | None:
         cpu = self.cpu
         mem = st.mem
-        if is_page(mem, page) and (page_freed(mem, page) or page in st.reused):
+        if page in st.reused or (is_page(mem, page) and page_freed(mem, page)):
             return Violation(
                 "use-after-free",
                 f"CPU {cpu} reaches page {page:#x} through a stale TLB entry for {va:#x}: "
-                f"the page is {_gone_text(st, page)}")
+                f"the page is {_gone_text(eng, st, page)}")
         if st.returned:
             ret = next((r for r in st.returned if r[0] == cpu and r[1] == entry[0]
                         and r[2] == entry[1]), None)
@@ -283,8 +329,10 @@ class UserThread(Actor):
         return True
 
 
-#: the level of the table a walk holds after reading N entries
-TABLE_LEVELS = ("pgd", "p4d", "pud", "pmd", "pte")
+def table_levels(geo: Any) -> tuple[str, ...]:
+    """The level of the table a walk holds after reading N entries (a
+    folded level has no table of its own)."""
+    return (*levels(geo), "pte")
 
 # gup_fast's program counter
 GUP_IRQ_OFF, GUP_WALK, GUP_RECHECK, GUP_IRQ_ON, GUP_PUT, GUP_DONE = range(6)
@@ -318,10 +366,11 @@ class GupFast(Actor):
     def watch(self, eng: Engine, st: State) -> Violation | None:
         pc, level, table, _page, _pte = st.local[self.index]
         if pc == GUP_WALK and table is not None and (table in st.freed or table in st.reused):
+            inside = table_levels(eng.geo)[level]
             return Violation(
                 "lockless-walk-freed-table",
-                f"gup_fast on CPU {self.cpu} (interrupts off) is inside {TABLE_LEVELS[level]} "
-                f"table {table:#x}, which is {_gone_text(st, table)}")
+                f"gup_fast on CPU {self.cpu} (interrupts off) is inside {inside} "
+                f"table {table:#x}, which is {_gone_text(eng, st, table)}")
         return None
 
     def step(self, eng: Engine, st: State) -> Result:
@@ -383,6 +432,7 @@ class GupFast(Actor):
                    table: int | None) -> Result:
         """Read one entry: of the pgd (level 0), then of the table held."""
         geo = eng.geo
+        lv = levels(geo)
         mem = st.mem
         va = self.addr
         me = self.index
@@ -391,27 +441,27 @@ class GupFast(Actor):
         if table is not None:
             reads.add(("table", table))
             if table in st.freed or table in st.reused:
+                reading = table_levels(geo)[level]
                 s.violation = Violation(
                     "lockless-walk-freed-table",
-                    f"gup_fast on CPU {self.cpu} reads {TABLE_LEVELS[level]} table {table:#x}, "
-                    f"which is {_gone_text(st, table)}")
-                return s, [{"level": LEVELS[level], "table": table, "next": None,
+                    f"gup_fast on CPU {self.cpu} reads {reading} table {table:#x}, "
+                    f"which is {_gone_text(eng, st, table)}")
+                return s, [{"level": table_levels(geo)[level], "table": table, "next": None,
                             "event": "gup_walk"}], Fp(frozenset(reads), frozenset(writes))
-        name = LEVELS[level] if level < len(LEVELS) else "pte"
+        name = table_levels(geo)[level]
         hooked = table is None or _hooked(mem, geo, level, va, table)
         nxt: int | None = None
         leaf: tuple[int, int] | None = None  # (pfn, PTE value)
         if hooked:
-            if level < len(LEVELS) - 1:
-                if level == 2 and va >> geo.pud_shift in mem.table(HUGE_PUDS):
+            if level < len(lv) - 1:
+                shift = shifts(geo)[lv[level]]
+                if shift == geo.pud_shift and va >> geo.pud_shift in mem.table(HUGE_PUDS):
                     ent = mem.table(HUGE_PUDS)[va >> geo.pud_shift]
                     if ent & PTE_PRESENT:
                         leaf = ((ent >> 8) + ((va & (geo.pud_size - 1)) >> geo.page_shift), ent)
                 else:
-                    which = (P4D_TABLES, PUD_TABLES, PMD_TABLES)[level]
-                    shift = (geo.pgdir_shift, geo.p4d_shift, geo.pud_shift)[level]
-                    nxt = mem.table(which).get(va >> shift)
-            elif level == len(LEVELS) - 1:
+                    nxt = mem.table(child_table(geo, lv[level])).get(va >> shift)
+            elif level == len(lv) - 1:
                 huge = mem.table(HUGE_PMDS).get(va >> geo.pmd_shift)
                 if huge is not None:
                     if huge & PTE_PRESENT:
@@ -451,7 +501,7 @@ class GupFast(Actor):
         events.append({"page": pfn, "ok": True, "event": "gup_grab"})
         # The huge-entry path re-checks the entry too; the recheck step
         # re-reads the PTE, which for a huge entry is gone: accept it then.
-        s.set_local(me, (GUP_RECHECK if level == len(LEVELS) else GUP_IRQ_ON, 0, None, pfn,
+        s.set_local(me, (GUP_RECHECK if level == len(lv) else GUP_IRQ_ON, 0, None, pfn,
                          seen))
         return s, events, Fp(frozenset(reads), frozenset(writes))
 
@@ -463,4 +513,4 @@ def _hooked(mem: Mem, geo: Any, level: int, va: int, table: int) -> bool:
     """Is ``table`` (read at ``level``) still linked where the walk found it?"""
     from mmugather.core.explore.hwx import table_hooked
 
-    return table_hooked(mem, geo, LEVELS[level - 1], va, table)
+    return table_hooked(mem, geo, levels(geo)[level - 1], va, table)

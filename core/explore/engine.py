@@ -19,6 +19,7 @@ from typing import Any
 from mmugather.core.explore.actors import Actor, GupFast, Result, UserThread
 from mmugather.core.explore.hwx import Walk, walk
 from mmugather.core.explore.kactors import Allocator, Reclaim, Writeback
+from mmugather.core.explore.pactors import Driver, Sharer
 from mmugather.core.explore.real import Config, RealWorld, Setup
 from mmugather.core.explore.state import Fp, State, Violation
 from mmugather.core.explore.zapstep import (
@@ -94,7 +95,8 @@ class RcuActor(Actor):
 
 ACTOR_CLASSES: dict[str, Callable[[int, Any], Actor]] = {"user": UserThread, "gup_fast": GupFast,
                                          "writeback": Writeback, "reclaim": Reclaim,
-                                         "allocator": Allocator}
+                                         "allocator": Allocator, "driver": Driver,
+                                         "sharer": Sharer}
 
 
 class Engine:
@@ -111,6 +113,9 @@ class Engine:
         self.rules: dict[Any, list[CellEntry]] = {}
         self.rule_hits = 0
         self._walks: dict[Any, Walk] = {}
+        #: what became of a page or table another actor than the allocator
+        #: takes back (its words for a violation), set by the actors' init
+        self.reused_how: dict[int, str] = {}
         #: real worlds not in use, least recently used first
         self.worlds: list[RealWorld] = []
         self.actors: list[Actor] = []

@@ -26,10 +26,37 @@ from mmugather.core.explore.mem import (
 from mmugather.core.explore.state import Leaf, WalkEntry
 from mmugather.core.hw.invalidate import WALK_ASID, WALK_NONE, Invalidate
 
-#: Walk-cache levels, top down: the level of a cached entry and the mem
-#: table holding what it points to (None: the PTE tables).
+#: Walk-cache levels, top down, of a geometry folding nothing.
 LEVELS = ("pgd", "p4d", "pud", "pmd")
-_CHILDREN = {"pgd": P4D_TABLES, "p4d": PUD_TABLES, "pud": PMD_TABLES}
+#: The mem table holding what an entry of each table level points to.
+_TABLE_OF = {"p4d": P4D_TABLES, "pud": PUD_TABLES, "pmd": PMD_TABLES}
+_LEVELS_CACHE: dict[tuple[bool, bool], tuple[tuple[str, ...], dict[str, int]]] = {}
+
+
+def _levels(geo: Geometry) -> tuple[tuple[str, ...], dict[str, int]]:
+    key = (geo.p4d_folded, geo.pud_folded)
+    hit = _LEVELS_CACHE.get(key)
+    if hit is None:
+        lv = tuple(level for level in LEVELS
+                   if not (level == "p4d" and geo.p4d_folded)
+                   and not (level == "pud" and geo.pud_folded))
+        # A folded level has no table: the entry above points at the table
+        # below it (x86-64's 4-level pgd entry at a PUD table).
+        children = {lv[i]: _TABLE_OF[lv[i + 1]] for i in range(len(lv) - 1)}
+        hit = _LEVELS_CACHE[key] = (lv, children)
+    return hit
+
+
+def levels(geo: Geometry) -> tuple[str, ...]:
+    """The levels a walk reads an entry of, top down: a folded level has no
+    table, so no entry of its own and nothing in a walk cache."""
+    return _levels(geo)[0]
+
+
+def child_table(geo: Geometry, level: str) -> int:
+    """The mem table holding the table an entry of ``level`` points to
+    (keyed by ``va >> shift of level``; not for "pmd": the PTE tables)."""
+    return _levels(geo)[1][level]
 
 
 def shifts(geo: Geometry) -> dict[str, int]:
@@ -91,7 +118,7 @@ def table_hooked(mem: Mem, geo: Geometry, level: str, va: int, table: int) -> bo
         hit = mem.pte_tables().get(va >> geo.pmd_shift)
         return hit is not None and hit[1] == table
     shift = shifts(geo)[level]
-    return mem.table(_CHILDREN[level]).get(va >> shift) == table
+    return mem.table(child_table(geo, level)).get(va >> shift) == table
 
 
 class Walk:
@@ -120,10 +147,11 @@ def walk(mem: Mem, geo: Geometry, cached: frozenset[WalkEntry], va: int,
     stops there (``stale_table``)."""
     out = Walk()
     sh = shifts(geo)
+    lv = levels(geo)
     start = 0
     table: int | None = None
-    for i in range(len(LEVELS) - 1, -1, -1):
-        level = LEVELS[i]
+    for i in range(len(lv) - 1, -1, -1):
+        level = lv[i]
         hit = None
         for w in cached:
             if w[0] == level and w[1] <= va < w[1] + w[2] and (hit is None or w < hit):
@@ -138,11 +166,12 @@ def walk(mem: Mem, geo: Geometry, cached: frozenset[WalkEntry], va: int,
             if not table_hooked(mem, geo, level, va, table):
                 return out  # an unhooked table: every entry of it is clear
             break
-    # From LEVELS[start] down, through memory.
-    for i in range(start, len(LEVELS)):
-        level = LEVELS[i]
+    # From lv[start] down, through memory.
+    for i in range(start, len(lv)):
+        level = lv[i]
         shift = sh[level]
-        if level == "pud":
+        if shift == geo.pud_shift and level != "pmd":
+            # The PUD entry (a pgd entry where the PUD level folds).
             huge = mem.table(HUGE_PUDS).get(va >> geo.pud_shift)
             if huge is not None:
                 return _huge(out, huge, va, geo.pud_size, "pud")
@@ -155,7 +184,7 @@ def walk(mem: Mem, geo: Geometry, cached: frozenset[WalkEntry], va: int,
                 return out
             child = hit2[1]
         else:
-            found = mem.table(_CHILDREN[level]).get(va >> shift)
+            found = mem.table(child_table(geo, level)).get(va >> shift)
             if found is None:
                 return out
             child = found

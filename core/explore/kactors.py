@@ -211,8 +211,9 @@ RC_LOCK, RC_UNMAP, RC_FLUSH, RC_DONE = range(4)
 class Reclaim(Actor):
     """Reclaim unmapping one page: ``try_to_unmap_one()`` under the PTE lock
     clears the PTE (a swap entry for an anonymous page), drops the rmap,
-    and with TTU_BATCH_FLUSH (x86's ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH) only
-    records the flush it owes (``mm->tlb_flush_batched``); later
+    and with TTU_BATCH_FLUSH where the arch batches (x86's
+    ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH; ``batched_flush`` may say otherwise)
+    only records the flush it owes (``mm->tlb_flush_batched``); later
     ``try_to_unmap_flush()`` flushes every CPU it recorded.  Without batching
     the flush comes at once.  The page is not swapped out here.
 
@@ -230,6 +231,10 @@ class Reclaim(Actor):
         pte = s.mem.pte(eng.geo, self.addr)
         if pte is None or not pte[1] & PTE_PRESENT:
             raise ValueError(f"no page is mapped at {self.addr:#x}")
+        if self.batched is None:
+            # should_defer_flush() is false where the arch does not batch.
+            self.batched = "ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH" in \
+                eng.setup.spec.resolved_features()
         s.set_local(self.index, (RC_LOCK, pte[0], 0))
 
     def enabled(self, eng: Engine, st: State) -> bool:

@@ -34,9 +34,9 @@ MAPCOUNT, HEAD, ORDER, FLAGS, REFCOUNT, ENTIRE, NR_MAPPED = range(7)
 
 #: AddressSpace dicts, in this order
 DICT_FIELDS = ("huge_pmds", "deposited", "huge_puds", "pmd_tables", "pud_tables", "p4d_tables",
-               "page_cache", "swap_map", "tables")
+               "page_cache", "swap_map", "tables", "pmd_share")
 HUGE_PMDS, DEPOSITED, HUGE_PUDS, PMD_TABLES, PUD_TABLES, P4D_TABLES, PAGE_CACHE, SWAP_MAP, \
-    TABLES = range(9)
+    TABLES, PMD_SHARE = range(10)
 
 # The parts of a Mem.  LAYOUT: (PMD index, table id) of each hooked PTE
 # table; PTE_DATA: each one's entries, in the same order.

@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 import greenlet
-from mmugather.core import strategies
+from mmugather.core import fixes, strategies
 from mmugather.core.arch import ArchError, ArchSpec, make_machine, registry
 from mmugather.core.aspace import AddressSpace, PteTable
 from mmugather.core.check import Checker
@@ -36,18 +36,20 @@ from mmugather.core.scenario import build, check_geometry
 from mmugather import mutants as mutants_mod
 
 #: A zapping thread stops *before* these take effect (it may have to wait).
-BEFORE = frozenset({"ptl_lock", "tlb_invalidate", "ipi_sync"})
+BEFORE = frozenset({"ptl_lock", "tlb_invalidate", "ipi_sync", "i_mmap_lock"})
 #: ... and *after* these: the points where another CPU may act.
 POINTS = frozenset({
     "pte_clear", "ptl_unlock", "rmap_remove", "rmap_remove_now", "rmap_remove_range",
     "rmap_remove_ptes", "tlb_invalidate", "free_pages", "free_page", "folio_free",
     "free_ranges", "table_unhook", "table_free", "vma_end", "gather_end", "page_queued",
+    "pmd_unshare", "i_mmap_unlock",
 })
 
 #: what a thread's switch back says
 WANT, POINT, DONE = "want", "point", "done"
 
-#: A wait: ("lock", table id) | ("ipi", cpu mask) | ("mmap", "write" | "read")
+#: A wait: ("lock", table id or ("i_mmap", file)) | ("ipi", cpu mask) |
+#: ("mmap", "write" | "read")
 Want = tuple[str, Any]
 
 
@@ -66,6 +68,8 @@ class Config:
     check: bool = True
     #: detail events (page_queued is then an interleaving point too)
     detail: bool = False
+    #: fixes newer than v6.5 to add, by commit (core/fixes.py)
+    fixes: tuple[str, ...] = ()
 
 
 class Setup:
@@ -87,7 +91,9 @@ class Setup:
             raise ValueError(f"--cpus {nr_cpus}: scenario {sc.name!r} runs an actor on CPU {top}")
         threads = sc.threads if sc.threads is not None else tuple(sorted(
             a.cpu for a in sc.actors if a.kind in THREAD_KINDS and a.cpu is not None))
-        plugins = [self.mutant.plugin] if self.mutant is not None and self.mutant.plugin else []
+        plugins = [fixes.get(commit).plugin for commit in cfg.fixes]
+        if self.mutant is not None and self.mutant.plugin:
+            plugins.append(self.mutant.plugin)
         self.template: Machine = make_machine(
             self.spec, page_size=cfg.page_size, extra_plugins=plugins, strategy=self.strategy,
             cpus=CpuConfig(nr_cpus=nr_cpus, threads=threads))
@@ -98,7 +104,7 @@ class Setup:
                             f"(!CONFIG_SMP); scenario {sc.name!r} runs an actor on CPU {top}")
         self.geometry: Geometry = self.template.geometry
         self.page_size = self.geometry.page_size
-        check_geometry(sc.base, self.geometry)
+        check_geometry(sc.base, self.geometry, self.spec.name)
         self.nr_cpus = self.template.cpus.nr_cpus
         self.all_cpus = (1 << self.nr_cpus) - 1
         self.zaps: tuple[ActorSpec, ...] = tuple(a for a in sc.actors if a.kind == "zap")
@@ -149,9 +155,12 @@ class RealWorld:
         t = setup.template
         self.machine: Machine = attrs.evolve(
             t, emit=emit, detail=emit if cfg.detail else None, rows=None, hw_emit=emit,
-            model=None, alloc_failures=dict.fromkeys(ALLOC_KINDS, 0), rcu_callbacks=[],
+            model=None, alloc_failures={**dict.fromkeys(ALLOC_KINDS, 0),
+                                        **dict(cfg.scenario.fail_alloc)}, rcu_callbacks=[],
             alloc_stats={k: [0, 0] for k in ALLOC_KINDS}, stale_vma_flags=(False, False, False))
-        self.aspace: AddressSpace = build(cfg.scenario.base, setup.geometry)
+        self.aspace: AddressSpace = build(
+            cfg.scenario.base, setup.geometry, setup.spec.name,
+            pmd_share="ARCH_WANT_HUGE_PMD_SHARE" in setup.spec.resolved_features())
         #: what the callers' steps read (None: not recorded)
         self.rec: Recorder | None = Recorder() if track else None
         #: a step may have read something the recorder does not see
@@ -252,6 +261,8 @@ class RealWorld:
         if name in BEFORE and (name != "tlb_invalidate" or ev["waits"]):
             if name == "ptl_lock":
                 run.want = ("lock", ev["table"])
+            elif name == "i_mmap_lock":
+                run.want = ("lock", ("i_mmap", ev["file"]))
             elif name == "ipi_sync":
                 run.want = ("ipi", self.setup.all_cpus)
             else:

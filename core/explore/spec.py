@@ -34,7 +34,7 @@ else:  # pragma: no cover
 
 BUILTIN_PACKAGE = "mmugather.core.explore.scenarios"
 
-KINDS = ("zap", "user", "writeback", "gup_fast", "reclaim", "allocator")
+KINDS = ("zap", "user", "writeback", "gup_fast", "reclaim", "allocator", "driver", "sharer")
 #: actors that are threads of the process (they run on a CPU of the mm)
 THREAD_KINDS = ("zap", "user", "gup_fast")
 ACTOR_KEYS: dict[str, set[str]] = {
@@ -44,8 +44,12 @@ ACTOR_KEYS: dict[str, set[str]] = {
     "gup_fast": {"kind", "cpu", "addr", "write"},
     "reclaim": {"kind", "cpu", "addr", "batched_flush"},
     "allocator": {"kind", "cpu", "reuse", "count"},
+    "driver": {"kind", "cpu", "addr"},
+    "sharer": {"kind", "cpu", "addr"},
 }
-EXPLORE_KEYS = {"cpus", "depth", "needs"}
+EXPLORE_KEYS = {"cpus", "depth", "needs", "fail_alloc"}
+#: what [explore] fail_alloc may make fail (Machine.fail_alloc())
+ALLOC_KINDS = ("page_batch", "table_batch")
 ACCESS_OPS = ("load", "store")
 REUSE = ("page", "table", "any")
 DEFAULT_DEPTH = 120
@@ -67,12 +71,14 @@ class ActorSpec:
     accesses: tuple[tuple[str, int], ...] = ()
     #: user: its TLB holds what it accesses when the run starts
     warm: bool = True
-    #: writeback, gup_fast, reclaim: the user address of the page
+    #: writeback, gup_fast, reclaim, driver: the user address of the page
+    #: (driver: of a PFN in a PFN map; sharer: in its shared PMD table's range)
     addr: int = 0
     #: gup_fast: FOLL_WRITE
     write: bool = False
-    #: reclaim: TTU_BATCH_FLUSH defers the flush (ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH)
-    batched_flush: bool = True
+    #: reclaim: TTU_BATCH_FLUSH defers the flush (None: where the arch selects
+    #: ARCH_WANT_BATCHED_UNMAP_TLB_FLUSH, as v6.5 does)
+    batched_flush: bool | None = None
     #: allocator: what it hands out again, and how many times
     reuse: str = "any"
     count: int = 1
@@ -92,6 +98,8 @@ class ExploreScenario:
     #: the CPUs running threads of the process; None: those of the thread
     #: actors (a ``mmugather run`` scenario keeps run's default, CPUs 0 and 1)
     threads: tuple[int, ...] | None = None
+    #: GFP_NOWAIT allocations that fail first, per kind (``Machine.fail_alloc()``)
+    fail_alloc: tuple[tuple[str, int], ...] = ()
     #: the decoded TOML document (a trace carries it, to be replayed anywhere)
     raw: dict[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
 
@@ -186,15 +194,15 @@ def parse_explore(data: dict[str, Any], path: str, page_size: int = 4096) -> Exp
         elif kind == "user":
             fields["accesses"] = _accesses(path, key, raw.get("accesses"), page_size)
             fields["warm"] = _bool(path, f"{key}.warm", raw.get("warm", True))
-        elif kind in ("writeback", "gup_fast", "reclaim"):
+        elif kind in ("writeback", "gup_fast", "reclaim", "driver", "sharer"):
             if "addr" not in raw:
                 raise ScenarioError(path, f"{key}.addr", "missing")
             fields["addr"] = _addr(path, f"{key}.addr", raw["addr"], page_size)
             if kind == "gup_fast":
                 fields["write"] = _bool(path, f"{key}.write", raw.get("write", False))
-            if kind == "reclaim":
+            if kind == "reclaim" and "batched_flush" in raw:
                 fields["batched_flush"] = _bool(path, f"{key}.batched_flush",
-                                                raw.get("batched_flush", True))
+                                                raw["batched_flush"])
         else:
             fields["reuse"] = _choice(path, f"{key}.reuse", raw.get("reuse", "any"), REUSE)
             fields["count"] = _int(path, f"{key}.count", raw.get("count", 1), 1, 64)
@@ -212,8 +220,11 @@ def parse_explore(data: dict[str, Any], path: str, page_size: int = 4096) -> Exp
     needs = explore.get("needs", "")
     if not isinstance(needs, str):
         raise ScenarioError(path, "explore.needs", "must be a string")
+    fails = _table(path, "explore.fail_alloc", explore.get("fail_alloc", {}), set(ALLOC_KINDS))
+    fail_alloc = tuple((what, _int(path, f"explore.fail_alloc.{what}", count, 0, 64))
+                       for what, count in sorted(fails.items()))
     return ExploreScenario(base=base, actors=tuple(actors), cpus=cpus, depth=depth,
-                           needs=needs, raw=data)
+                           needs=needs, fail_alloc=fail_alloc, raw=data)
 
 
 def _zap_ops(path: str, key: str, raw: Any, data: dict[str, Any],

@@ -123,6 +123,7 @@ def header(cfg: Config, ce: Counterexample, source: str) -> dict[str, Any]:
         "arch": cfg.arch,
         "strategy": cfg.strategy,
         "mutant": cfg.mutant,
+        "fixes": list(cfg.fixes),
         "page_size": cfg.page_size,
         "cpus": cfg.cpus,
         "property": ce.prop,
@@ -203,8 +204,11 @@ def read_trace(path: str) -> Trace:
             events.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise TraceError(f"{path}:{n}: not JSON: {exc.msg}") from None
+    fixes = head.get("fixes") or []
+    if not isinstance(fixes, list) or not all(isinstance(f, str) for f in fixes):
+        raise TraceError(f"{path}:1: fixes must be a list of commit ids")
     cfg = Config(scenario, head["arch"], strategy=head["strategy"], mutant=head["mutant"],
-                 page_size=head.get("page_size"), cpus=head.get("cpus"))
+                 page_size=head.get("page_size"), cpus=head.get("cpus"), fixes=tuple(fixes))
     return Trace(path, cfg, tuple(choices), head["property"], head.get("run"), tuple(events))
 
 

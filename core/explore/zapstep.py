@@ -149,6 +149,10 @@ def effects_of(events: tuple[dict[str, Any], ...], page_size: int, mode: str, cp
             out.append(("lock", ev["table"]))
         elif name == "ptl_unlock":
             out.append(("unlock", ev["table"]))
+        elif name == "i_mmap_lock":
+            out.append(("lock", ("i_mmap", ev["file"])))
+        elif name == "i_mmap_unlock":
+            out.append(("unlock", ("i_mmap", ev["file"])))
         elif name == "table_free":
             out.append(("freed", tuple(ev["tables"])))
         elif name in ("free_pages", "free_page"):
@@ -160,6 +164,9 @@ def effects_of(events: tuple[dict[str, Any], ...], page_size: int, mode: str, cp
             tables = tuple(start for start, _nr in ev["ranges"] if start >= TABLE_ID_BASE)
             if tables:
                 out.append(("freed", tables))
+        elif name == "vma_end":
+            # A driver's unmap_mapping_range() finds the VMA or not.
+            out.append(("unlink", ev["start"]))
         elif name == "pte_clear_flush":
             mode = ev["mode"]
         elif name == "gather_end":
@@ -254,6 +261,8 @@ def effect_items(effects: tuple[tuple[Any, ...], ...], nr_cpus: int) -> set[Any]
             items.add(("mmap",))
         elif kind == "returned":
             items.add(("ret",))
+        elif kind == "unlink":
+            items.add(("unlink", eff[1]))
     return items
 
 

@@ -131,10 +131,11 @@ class HwSemantics:
     """What the arch's hardware and its ASID management promise, beyond what
     each invalidation does (``mmu_hw_semantics`` hook)."""
 
-    #: CPUs holding the mm lazily use no stale leaf entry before they switch
-    #: back, and a switch back catches up on the flushes they missed (x86's
-    #: tlb_gen check in switch_mm_irqs_off()); False: a lazy CPU counts as a
-    #: user of the mm's entries
+    #: a CPU holding the mm lazily counts as a user of its stale leaf
+    #: entries (True, the default: nothing says it cannot load or store
+    #: through one).  False where a lazy CPU makes no user access before it
+    #: switches back to the mm and that switch catches up on the flushes it
+    #: missed (x86: the tlb_gen check in switch_mm_irqs_off())
     lazy_cpus_use_leaf: bool = True
     #: the ASID of a dead mm is never given to another mm without invalidating
     #: it (arm64: ASIDs are only reused after a generation rollover, which

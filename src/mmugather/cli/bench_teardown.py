@@ -272,7 +272,7 @@ def _rate(ptes: int, seconds: float) -> str:
 def _machine() -> str:
     from importlib.metadata import version
 
-    from mmugather.cli.bench import cpu_model
+    from mmugather.cli.bench_replay import cpu_model
 
     return (f"{platform.python_implementation()} {platform.python_version()}, numpy "
             f"{version('numpy')}, on {platform.platform()}; CPU: {cpu_model()} "

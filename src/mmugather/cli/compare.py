@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 from mmugather.cli import table
@@ -64,9 +64,11 @@ def compare(
     page_size: int | None = None,
     check: bool = True,
     progress: Progress | None = None,
+    plans: Mapping[str, tuple[int, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario`` on each arch under each strategy; the ``--json``
-    document (see docs/strategies.md)."""
+    document (see docs/strategies.md).  ``plans``: the PAGE_SIZE and the
+    scenario read at it, per arch (``run.plan_runs()``)."""
     from mmugather.core.arch import registry
     from mmugather.core.run import run_arch
 
@@ -83,8 +85,8 @@ def compare(
                 progress.reset(f"compare {scenario.name}: {arch} / {name} "
                                f"({done + 1}/{len(arch_names) * len(strategy_names)})")
                 hooks = {"progress": progress.advance, "progress_total": progress.set_total}
-            run = run_arch(scenario, spec, page_size=page_size, check=check, strategy=name,
-                           **hooks)
+            size, fitted = plans[arch] if plans is not None else (page_size, scenario)
+            run = run_arch(fitted, spec, page_size=size, check=check, strategy=name, **hooks)
             by_strategy[name] = run
         base = by_strategy[baseline].stats
         for name in strategy_names:
@@ -218,6 +220,7 @@ def plot_format(path: str) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from mmugather.cli.run import plan_runs
     from mmugather.core.arch import ArchError, registry
     from mmugather.core.scenario import ScenarioError, resolve
 
@@ -234,8 +237,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if args.page_size and args.page_size not in spec.page_sizes:
                 raise ArchError(f"arch {arch!r} does not support --page-size {args.page_size}")
         scenario = resolve(args.scenario, args.page_size or 4096, max_pages=args.max_pages)
+        planned, skipped = plan_runs([reg.get(a) for a in arches], args, scenario)
+        if skipped:
+            # The arches to compare on are named: one the scenario does not
+            # fit is the command's error.
+            raise CliError(skipped[0][1])
     except (ArchError, ScenarioError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    plans = {spec.name: (size, fitted) for spec, size, fitted in planned}
     plot = None
     if args.plot:
         try:
@@ -247,7 +256,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         plot = outputs().open(args.plot)
     with Progress(f"compare {scenario.name}") as progress:
         doc = compare(scenario, arches, names, page_size=args.page_size,
-                      check=not args.no_check, progress=progress)
+                      check=not args.no_check, progress=progress, plans=plans)
     if plot is not None:
         write_plot(doc, plot, fmt)
         outputs().close_files()

@@ -66,6 +66,13 @@ def _coverage(result: Any, bound: int, cpus: int, random: int | None, seed: int)
             f"{cpus} CPUs, {result.seconds:.2f} s")
 
 
+def configuration(cfg: Any, eng: Any) -> str:
+    """``arch A, strategy S, mutant M`` (or ``no mutant``), and the fixes."""
+    mutant = f"mutant {cfg.mutant}" if cfg.mutant else "no mutant"
+    fixes = "".join(f", fix {commit}" for commit in cfg.fixes)
+    return f"arch {cfg.arch}, strategy {eng.setup.strategy}, {mutant}{fixes}"
+
+
 def cmd_explore(args: argparse.Namespace) -> int:
     from mmugather.core.arch import ArchError
     from mmugather.core.explore import Config, Engine, ExploreError, explore, spec, trace
@@ -77,9 +84,19 @@ def cmd_explore(args: argparse.Namespace) -> int:
             print(f"{name}\n    {' '.join(sc.base.description.split())}")
             if sc.needs:
                 print(f"    needs: {' '.join(sc.needs.split())}")
+        from mmugather.core import fixes
+
+        print("\nfixes newer than v6.5 (--fix COMMIT):")
+        for commit in fixes.names():
+            fix = fixes.get(commit)
+            print(f"{commit}  {fix.title}\n    {fix.description}")
         return EXIT_OK
     if args.replay is not None:
         return _replay(args)
+    if args.corpus is not None:
+        from mmugather.cli.corpus import run_corpus
+
+        return run_corpus(args.corpus or None, show=bool(args.corpus))
     if args.events is not None:
         problem = _writable(args.events)
         if problem:
@@ -92,7 +109,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     name = args.scenario or DEFAULT_SCENARIO
     try:
         sc = spec.resolve(name)
-        cfg = Config(sc, args.arch, strategy=args.strategy, mutant=args.mutant, cpus=args.cpus)
+        cfg = Config(sc, args.arch, strategy=args.strategy, mutant=args.mutant, cpus=args.cpus,
+                     fixes=tuple(args.fix or ()))
         eng = Engine(cfg)
     except (ArchError, ScenarioError, ValueError) as exc:
         return _error(str(exc))
@@ -107,8 +125,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         return _error(f"{sc.path}: {exc}")
     finally:
         progress.close()
-    mutant = f"mutant {cfg.mutant}" if cfg.mutant else "no mutant"
-    print(f"scenario {sc.name}: arch {cfg.arch}, strategy {eng.setup.strategy}, {mutant}")
+    print(f"scenario {sc.name}: {configuration(cfg, eng)}")
     if sc.needs:
         print(f"note: it needs {' '.join(sc.needs.split())}")
     coverage = _coverage(result, bound, eng.nr_cpus, args.random, args.seed)
@@ -148,9 +165,7 @@ def _replay(args: argparse.Namespace) -> int:
     except (ArchError, ValueError, ExploreError) as exc:
         return _error(f"{args.replay}: {exc}")
     cfg = tr.config
-    mutant = f"mutant {cfg.mutant}" if cfg.mutant else "no mutant"
-    print(f"scenario {cfg.scenario.name}: arch {cfg.arch}, strategy {eng.setup.strategy}, "
-          f"{mutant}")
+    print(f"scenario {cfg.scenario.name}: {configuration(cfg, eng)}")
     if ce is None:
         print(f"replayed {len(tr.choices)} steps: no property fails at their end "
               f"(the trace says {tr.prop})")
@@ -175,7 +190,8 @@ def add_explore_parser(sub: Any) -> None:
         "thread, the allocator and RCU on other CPUs. Every interleaving within the bound "
         "is searched (or RUNS random ones); a failing property is printed as a per-CPU "
         "timeline. Exit status: 0 when no property fails within the bound; 1 when one "
-        "does; 2 when the scenario, the trace or the options were rejected.",
+        "does; 2 when the scenario, the trace or the options were rejected. With --corpus: "
+        "0 when every run of the historical-bug corpus is as expected, 1 when one is not.",
     )
     p.add_argument("scenario", nargs="?", metavar="SCENARIO",
                    help=f"a built-in concurrent scenario or a TOML file (default: "
@@ -186,6 +202,8 @@ def add_explore_parser(sub: Any) -> None:
                    help=f"the rmap-removal strategy: {', '.join(strategies.names())} "
                    "(default: %(default)s)")
     p.add_argument("--mutant", metavar="NAME", help="run with a deliberately broken behaviour")
+    p.add_argument("--fix", action="append", metavar="COMMIT",
+                   help="add a kernel fix newer than v6.5 (--list names them); repeatable")
     p.add_argument("--cpus", type=int, metavar="N", help="CPUs of the machine (default: the "
                    "scenario's)")
     p.add_argument("--depth", type=int, metavar="D", help="the bound: steps per execution "
@@ -203,6 +221,10 @@ def add_explore_parser(sub: Any) -> None:
                    help="save a counterexample as a trace (JSON Lines) here")
     p.add_argument("--replay", metavar="TRACE", help="re-execute a saved trace")
     p.add_argument("--list", action="store_true", help="list the built-in concurrent scenarios")
+    p.add_argument("--corpus", nargs="?", const="", metavar="BUG",
+                   help="run the historical-bug corpus and print its table (exit 1 when a "
+                   "run is not as expected); with BUG (a name or a commit id), that entry "
+                   "and the timeline of each counterexample")
     p.set_defaults(func=_checked)
 
 
@@ -213,8 +235,15 @@ def _checked(args: argparse.Namespace) -> int:
             return _error(f"--{opt} {value}: must be at least 1")
     if args.seed < 0:
         return _error(f"--seed {args.seed}: must not be negative")
+    if args.corpus is not None:
+        for opt in ("scenario", "replay", "random", "workers", "dask", "cpus", "depth", "mutant",
+                    "fix", "events"):
+            if getattr(args, opt) is not None:
+                what = "SCENARIO" if opt == "scenario" else f"--{opt}"
+                return _error(f"--corpus runs the configurations of its entries: {what} does "
+                              "not go with it")
     if args.replay is not None:
-        for opt in ("random", "workers", "dask", "cpus", "depth", "mutant"):
+        for opt in ("random", "workers", "dask", "cpus", "depth", "mutant", "fix"):
             if getattr(args, opt) is not None:
                 return _error(f"--replay takes its configuration from the trace: "
                               f"--{opt} does not go with it")

@@ -56,14 +56,52 @@ def cmd_mutants(args: argparse.Namespace) -> int:
 
         echo(json.dumps(rows, indent=2))
         return EXIT_OK
+    if args.markdown:
+        echo(markdown_table(rows))
+        return EXIT_OK
     for r in rows:
-        echo(f"{r['name']}\n    {r['description']}\n"
-              f"    caught by: {r['rule']} ({RULES[r['rule']]})\n"
+        caught = []
+        if r["rule"]:
+            caught.append(f"    caught by: {r['rule']} ({RULES[r['rule']]}), "
+                          f"mmugather run {r['scenario']}")
+        if r["explore"]:
+            caught.append(f"    explorer: {r['property']}, mmugather explore {r['explore']}")
+        echo(f"{r['name']}\n    {r['description']}\n" + "\n".join(caught) + "\n"
               f"    breaks: {r['breaks']}\n"
               f"    applies: {r['where']}: {', '.join(r['arches']) or 'no arch'}\n"
               f"    fixed by: {r['fixed_by'] or 'no single commit'}\n"
               f"    overrides: {r['overrides']}")
     return EXIT_OK
+
+
+#: The columns of ``mmugather mutants --markdown``: heading, ``--json`` key.
+MARKDOWN_COLUMNS = (
+    ("mutant", "name"), ("what it breaks", "breaks"), ("overrides", "overrides"),
+    ("caught by", "rule"), ("applies to", "arches"), ("scenario", "scenario"),
+    ("fixed by", "fixed_by"),
+)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The mutants as the Markdown table of docs/checker.md, from the rows
+    ``mmugather mutants --json`` prints."""
+
+    def cell(key: str, value: Any) -> str:
+        if key == "arches":
+            text = ", ".join(value) or "no arch"
+        elif key == "fixed_by":
+            text = value or "no single commit"
+        else:
+            text = str(value)
+        if key in ("name", "rule", "scenario"):
+            text = f"`{text}`"
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(head for head, _ in MARKDOWN_COLUMNS) + " |",
+             "| " + " | ".join("---" for _ in MARKDOWN_COLUMNS) + " |"]
+    for r in rows:
+        lines.append("| " + " | ".join(cell(key, r[key]) for _, key in MARKDOWN_COLUMNS) + " |")
+    return "\n".join(lines)
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
@@ -85,7 +123,11 @@ def add_listing_parsers(sub: Any) -> None:
         "each with the invariant rule that must catch it (docs/checker.md). Run one with "
         "'mmugather run --mutant NAME'.",
     )
-    mt.add_argument("--json", action="store_true", help="machine-readable output")
+    fmt = mt.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="machine-readable output")
+    fmt.add_argument("--markdown", action="store_true",
+                     help="the table of docs/checker.md (regenerate it with this, with no "
+                     "third-party arch installed)")
     mt.set_defaults(func=cmd_mutants)
 
     sc = sub.add_parser(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmugather.cli import table
 from mmugather.cli.common import (
@@ -22,6 +22,10 @@ from mmugather.cli.progress import Progress
 from mmugather.core.run import ArchRun
 from mmugather.core.stats import ROWS
 
+if TYPE_CHECKING:
+    from mmugather.core.arch import ArchSpec
+    from mmugather.core.scenario import Scenario
+
 #: Where the rows are explained.
 LEGEND = "rows: docs/scenarios.md, \"The table\"; --json for the exact counts"
 
@@ -31,9 +35,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from mmugather import mutants
     from mmugather.core import strategies
-    from mmugather.core.arch import ArchError, make_machine, registry
+    from mmugather.core.arch import ArchError, registry
     from mmugather.core.run import run_arch
-    from mmugather.core.scenario import ScenarioError, check_geometry, resolve
+    from mmugather.core.scenario import ScenarioError, resolve
 
     try:
         reg = registry()
@@ -43,24 +47,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         specs = [reg.get(n) for n in names] if names else list(reg)
         if args.mutant:
             mutants.get(args.mutant)
-        page_size = args.page_size or 4096
         for spec in specs:
             if args.page_size and args.page_size not in spec.page_sizes:
                 raise ArchError(f"arch {spec.name!r} does not support --page-size {args.page_size}")
-        scenario = resolve(args.scenario, page_size, max_pages=args.max_pages)
-        for spec in specs:
-            # What depends on the arch's geometry is checked before any output.
-            check_geometry(scenario, make_machine(spec, page_size=args.page_size).geometry)
+        # What does not depend on the arch is checked once, at 4096 (or
+        # --page-size): an error there is the whole command's.
+        scenario = resolve(args.scenario, args.page_size or 4096, max_pages=args.max_pages)
+        # What depends on the arch's geometry, before any output: an arch
+        # the scenario does not fit is skipped, with the reason.
+        plans, skipped = plan_runs(specs, args, scenario)
+        if not plans:
+            raise CliError(skipped[0][1])
     except (ArchError, ScenarioError, ValueError) as exc:
         raise CliError(str(exc)) from None
     out = outputs().open(args.events) if args.events else None
     runs = []
     with Progress(f"run {scenario.name}") as progress:
-        for n, spec in enumerate(specs, 1):
-            progress.reset(f"run {scenario.name}: {spec.name} ({n}/{len(specs)})")
+        for n, (spec, size, fitted) in enumerate(plans, 1):
+            progress.reset(f"run {scenario.name}: {spec.name} ({n}/{len(plans)})")
             runs.append(
                 run_arch(
-                    scenario, spec, page_size=args.page_size, check=not args.no_check,
+                    fitted, spec, page_size=size, check=not args.no_check,
                     mutant=args.mutant, events=out, progress=progress.advance,
                     progress_total=progress.set_total,
                 )
@@ -68,8 +75,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     outputs().close_files()
     failed = any(r.violation_counts for r in runs)
     if args.json:
-        echo(json.dumps({"scenario": scenario.name, "runs": [r.as_json() for r in runs]},
-                        indent=2))
+        echo(json.dumps({"scenario": scenario.name, "runs": [r.as_json() for r in runs],
+                         "skipped": [{"arch": spec.name, "reason": reason}
+                                     for spec, reason in skipped]}, indent=2))
         return EXIT_FAIL if failed else EXIT_OK
     strategy = getattr(args, "strategy", strategies.DEFAULT_STRATEGY)
     echo(f"scenario: {scenario.name}"
@@ -77,6 +85,11 @@ def cmd_run(args: argparse.Namespace) -> int:
          + (f"   mutant: {args.mutant}" if args.mutant else ""))
     echo(format_table(runs))
     echo(LEGEND)
+    other_sizes = [f"{r.arch}: PAGE_SIZE {r.page_size}" for r in runs if r.page_size != 4096]
+    if other_sizes:
+        echo("; ".join(other_sizes))
+    for spec, reason in skipped:
+        echo(f"\n{spec.name}: skipped: the scenario does not fit this arch: {reason}")
     for r in runs:
         if r.violation_counts:
             total = sum(r.violation_counts.values())
@@ -92,11 +105,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif args.mutant and not r.mutant_applies:
             echo(f"\n{r.arch}: the mutant's ordering is not wrong on this arch: "
                  "no violation expected")
+        elif args.mutant and not mutants.get(args.mutant).rule:
+            m = mutants.get(args.mutant)
+            echo(f"\n{r.arch}: the checker cannot see this mutant, only an interleaving "
+                 f"shows it: mmugather explore {m.explore} --arch {r.arch} --mutant {m.name}")
     if args.no_check:
         echo("\ninvariant checker off (--no-check)")
     elif not failed and not args.mutant:
         echo("\nno invariant violations")
     return EXIT_FAIL if failed else EXIT_OK
+
+
+def plan_runs(
+    specs: Sequence[ArchSpec], args: argparse.Namespace, scenario: Scenario
+) -> tuple[list[tuple[ArchSpec, int, Scenario]], list[tuple[ArchSpec, str]]]:
+    """Each arch's PAGE_SIZE and the scenario read at it, or why it is
+    skipped.  An arch runs at --page-size, else at its first PAGE_SIZE if
+    the scenario fits it there, else at 4096 (the size scenarios are
+    written in) if it has it; a scenario that fits neither (alignment,
+    TASK_SIZE, folio orders, huge page sizes) skips the arch."""
+    from mmugather.core.arch import make_machine
+    from mmugather.core.scenario import ScenarioError, check_geometry, resolve
+
+    base = args.page_size or 4096
+    plans: list[tuple[ArchSpec, int, Scenario]] = []
+    skipped: list[tuple[ArchSpec, str]] = []
+    for spec in specs:
+        sizes = [args.page_size] if args.page_size else [spec.page_sizes[0]]
+        if 4096 in spec.page_sizes and 4096 not in sizes:
+            sizes.append(4096)
+        reason = ""
+        for size in sizes:
+            try:
+                fitted = scenario if size == base else resolve(args.scenario, size,
+                                                               max_pages=args.max_pages)
+                check_geometry(fitted, make_machine(spec, page_size=size).geometry, spec.name)
+            except ScenarioError as exc:
+                reason = str(exc)
+                continue
+            plans.append((spec, size, fitted))
+            break
+        else:
+            skipped.append((spec, reason))
+    return plans, skipped
 
 
 def format_table(runs: Sequence[ArchRun]) -> str:
@@ -132,7 +183,9 @@ def add_run_parser(sub: Any) -> None:
                      help="write every event as JSON Lines here (complete or not at all)")
     run.add_argument("--mutant", metavar="NAME",
                      help="run with a deliberately broken behaviour (see 'mmugather mutants')")
-    run.add_argument("--page-size", type=int, metavar="N", help="PAGE_SIZE (default 4096)")
+    run.add_argument("--page-size", type=int, metavar="N",
+                     help="PAGE_SIZE (default: each arch's first, if the scenario fits it "
+                     "there, else 4096)")
     run.add_argument("--no-check", action="store_true", help="turn the invariant checker off")
     run.add_argument("--json", action="store_true", help="machine-readable output")
     run.add_argument("--show", type=non_negative, default=3, metavar="N",

@@ -29,11 +29,20 @@ from mmugather.mutants import (
     arm64_no_rcu_table_free,
     arm64_range_round_down,
     arm64_ttl_off,
+    ceiling_next_end,
     direct_table_free,
     flush_rmaps_after_unlock,
     free_before_flush,
+    free_before_flush_rmaps,
+    nested_drops_freed_tables,
     no_discard_rmaps,
+    no_flush_batched_pending,
+    no_nested_flush,
+    no_pmd_revisit,
+    pfnmap_no_flush,
     rmap_before_flush,
+    thp_rmap_after_unlock,
+    unshare_no_flush,
     x86_pmd_stride,
 )
 from mmugather.mutants.base import Mutant
@@ -55,6 +64,15 @@ MODULES: tuple[ModuleType, ...] = (
     arm64_ttl_off,
     arm64_range_round_down,
     arm64_no_rcu_table_free,
+    no_flush_batched_pending,
+    no_nested_flush,
+    nested_drops_freed_tables,
+    pfnmap_no_flush,
+    thp_rmap_after_unlock,
+    ceiling_next_end,
+    no_pmd_revisit,
+    free_before_flush_rmaps,
+    unshare_no_flush,
 )
 
 MUTANTS: dict[str, Mutant] = {m.MUTANT.name: m.MUTANT for m in MODULES}

@@ -40,7 +40,9 @@ class Mutant:
 
     name: str
     description: str
-    #: the checker rule (core/check.py RULES) it must trip
+    #: the checker rule (core/check RULES) it must trip in ``mmugather run``
+    #: on ``scenario``; "" when the sequential checker cannot see it (only
+    #: an interleaving shows it: ``explore`` and ``prop`` say where)
     rule: str
     #: the kernel's rule it breaks, in words
     breaks: str
@@ -57,13 +59,17 @@ class Mutant:
     #: what a caller mutant changes, for messages ("the seed patch's
     #: zap_pte_range()")
     changes: str = ""
-    #: the built-in scenario that exposes it
+    #: the built-in scenario that exposes it to the checker ("" if none)
     scenario: str = "default"
+    #: the built-in concurrent scenario that exposes it to the explorer
+    #: (``mmugather explore``), and the property it breaks there ("" if none)
+    explore: str = ""
+    prop: str = ""
 
     @property
     def where(self) -> str:
         """Where it applies, in words (the ``applies`` condition's docstring)."""
-        return (self.applies.__doc__ or "").strip()
+        return " ".join((self.applies.__doc__ or "").split())
 
     def overrides(self) -> str:
         """What it overrides, in words."""
@@ -78,6 +84,15 @@ class Mutant:
             f"{self.callers[part].__mro__[1].__name__}.{name}()" for part, name in self.steps()
         )
 
+    def caught_by(self) -> str:
+        """Who catches it, in words."""
+        out = []
+        if self.rule:
+            out.append(f"the checker's {self.rule} (mmugather run {self.scenario})")
+        if self.explore:
+            out.append(f"the explorer's {self.prop} (mmugather explore {self.explore})")
+        return "; ".join(out)
+
     def as_json(self, specs: Iterable[ArchSpec]) -> dict[str, Any]:
         """What ``mmugather mutants --json`` says of it, with the arches of
         ``specs`` it applies to."""
@@ -89,7 +104,9 @@ class Mutant:
             "where": self.where,
             "arches": [s.name for s in specs if self.applies(s)],
             "fixed_by": self.fixed_by or None,
-            "scenario": self.scenario,
+            "scenario": self.scenario or None,
+            "explore": self.explore or None,
+            "property": self.prop or None,
             "overrides": self.overrides(),
         }
 
