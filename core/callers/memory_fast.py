@@ -80,6 +80,12 @@ def _leading(ok: Any) -> int:
     return len(ok) if ok[k] else k
 
 
+def _in_store(idx: Any, store: Any) -> Any:
+    """Which page-store indexes of ``idx`` are in the store (one unsigned
+    comparison: a negative index is a huge one)."""
+    return idx.view(np.uint64) < len(store)
+
+
 def _ascending(idx: Any) -> bool:
     """Distinct and in ascending order (a cheap test for no repeats)."""
     return len(idx) < 2 or _leading(idx[1:] > idx[:-1]) == len(idx) - 1
@@ -175,15 +181,15 @@ def zap_pte_run(mem: Memory, tlb: MmuGather, table: PteTable, i: int, addr: int,
         return i + n, end, -1, 0, 0, 0, False
     e = ents[pos]
     pidx = (e >> 8) - PFN_BASE
-    ok = ((e & (PTE_PRESENT | PTE_SPECIAL)) == PTE_PRESENT) & (pidx >= 0) & (pidx < len(store))
+    ok = ((e & (PTE_PRESENT | PTE_SPECIAL)) == PTE_PRESENT) & _in_store(pidx, store)
     k = _leading(ok)
     if k:
         e = e[:k]
         pidx = pidx[:k]
         head = _view(store.head, np.int64)[pidx]
-        flags = _view(store.flags, np.int32)[pidx]
+        anon = (_view(store.flags, np.int32)[pidx] & F_ANON) != 0
         ok = ((head == pidx) & (_view(store.order, np.int8)[pidx] == 0)
-              & (((flags & F_ANON) != 0) | ((e & PTE_DIRTY) == 0)))
+              & (anon | ((e & PTE_DIRTY) == 0)))
         k = _leading(ok)
         pidx = pidx[:k]
     # The per-PTE loop takes over at the first uncommon entry.
@@ -191,13 +197,14 @@ def zap_pte_run(mem: Memory, tlb: MmuGather, table: PteTable, i: int, addr: int,
     if not k:
         return i + stop, addr + stop * page_size, -1, 0, 0, 0, False
     pos = pos[:k]
-    anon_at = (flags[:k] & F_ANON) != 0
-    addrs = addr + pos * page_size
-    if not tlb.end and not (int(addrs[0]) + page_size) & MASK64:
+    anon_at = anon[:k]
+    if not tlb.end and not (addr + int(pos[0]) * page_size + page_size) & MASK64:
         return nothing  # queue_page() would find no range: the loop says so
     pages = pidx + PFN_BASE
     mapcount = None if batch_rmap else _view(store.mapcount, np.int32)
     rows = ctx.rows
+    # The addresses only for those who read the clears.
+    addrs = addr + pos * page_size if rows is not None else None
     rmap = "batched" if batch_rmap else "now"
     first = -1
     last = 0
@@ -222,7 +229,7 @@ def zap_pte_run(mem: Memory, tlb: MmuGather, table: PteTable, i: int, addr: int,
         page_list = step_pages.tolist()
         idx = pidx[done:done + m]
         _remember_step(ctx, page_list, idx)
-        if rows is not None:
+        if addrs is not None and rows is not None:
             rows.pte_clear_run(ClearRun(addrs[done:done + m], step_pages, page_list, rmap))
         if mapcount is not None:
             # page_remove_rmap() of each page, at once (no events, no reports).
@@ -257,7 +264,7 @@ def remove_rmaps(ctx: ZapContext, pages: Any) -> int:
         return 0
     store = ctx.aspace.pages
     idx = _page_index(ctx, pages)
-    k = _leading((idx >= 0) & (idx < len(store)))
+    k = _leading(_in_store(idx, store))
     if k < MIN_PAGES:
         return 0
     idx = idx[:k]
@@ -286,7 +293,7 @@ def release_pages(swap: Swap, pages: Any) -> int:
     store = ctx.aspace.pages
     # Page-table pages (ids from TABLE_ID_BASE on) are past the store.
     idx = _page_index(ctx, pages, release=True)
-    k = _leading((idx >= 0) & (idx < len(store)))
+    k = _leading(_in_store(idx, store))
     if k < MIN_PAGES:
         return 0
     idx = idx[:k]
