@@ -91,8 +91,10 @@ def _ascending(idx: Any) -> bool:
     return len(idx) < 2 or _leading(idx[1:] > idx[:-1]) == len(idx) - 1
 
 
-def _page_index(ctx: ZapContext, pages: Any, release: bool = False) -> Any:
-    """``pages`` (ints) as page-store indexes, a numpy int64 array.
+def _page_index(ctx: ZapContext, pages: Any, release: bool = False) -> tuple[Any, bool]:
+    """``pages`` (ints) as page-store indexes, a numpy int64 array, and
+    whether all of them came from remembered steps (so are in the store:
+    zap_pte_run() checked them, and the store never shrinks).
 
     The steps zap_pte_run() queued are remembered with their indexes
     (``ctx.fast_steps``, keyed by the identity of their first page's int):
@@ -118,9 +120,10 @@ def _page_index(ctx: ZapContext, pages: Any, release: bool = False) -> Any:
             ctx.fast_step_pages -= m
         parts.append(idx)
         pos += m
-    if pos < n:
+    cached = pos == n
+    if not cached:
         parts.append(np.fromiter(pages[pos:] if pos else pages, np.int64, n - pos) - PFN_BASE)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), cached
 
 
 def _remember_step(ctx: ZapContext, page_list: list[int], idx: Any) -> None:
@@ -263,8 +266,8 @@ def remove_rmaps(ctx: ZapContext, pages: Any) -> int:
     if n < MIN_PAGES:
         return 0
     store = ctx.aspace.pages
-    idx = _page_index(ctx, pages)
-    k = _leading(_in_store(idx, store))
+    idx, cached = _page_index(ctx, pages)
+    k = n if cached else _leading(_in_store(idx, store))
     if k < MIN_PAGES:
         return 0
     idx = idx[:k]
@@ -292,8 +295,8 @@ def release_pages(swap: Swap, pages: Any) -> int:
     ctx = swap.ctx
     store = ctx.aspace.pages
     # Page-table pages (ids from TABLE_ID_BASE on) are past the store.
-    idx = _page_index(ctx, pages, release=True)
-    k = _leading(_in_store(idx, store))
+    idx, cached = _page_index(ctx, pages, release=True)
+    k = n if cached else _leading(_in_store(idx, store))
     if k < MIN_PAGES:
         return 0
     idx = idx[:k]
