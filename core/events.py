@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, MutableMapping, Sequence
-from typing import IO, Any, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
+
+if TYPE_CHECKING:
+    from mmugather.core.clearrun import ClearRun
 
 #: Bumped on any change to an event's name or fields.
 EVENTS_VERSION = 4
@@ -223,6 +226,7 @@ class PageRows(Protocol):
     feed without building a dict each time.
 
     ``pte_clear(row)`` is one ``pte_clear`` event (``ClearRow``);
+    ``pte_clear_run(run)`` one per row of a :class:`ClearRun`, in order;
     ``rmap_remove(pages, vma_start)`` is one ``rmap_remove`` event per page,
     in order, for tlb_flush_rmaps() given the VMA at ``vma_start`` (the
     events do not carry it; bulk observers get it here, the checker
@@ -231,6 +235,9 @@ class PageRows(Protocol):
 
     @property
     def pte_clear(self) -> Callable[[ClearRow], Any]: ...
+
+    @property
+    def pte_clear_run(self) -> Callable[[ClearRun], Any]: ...
 
     @property
     def rmap_remove(self) -> Callable[[Sequence[int], int], Any]: ...
@@ -250,7 +257,7 @@ class EventRows:
     """:class:`PageRows` for a stream that wants every event: each row is
     emitted as its event at once."""
 
-    __slots__ = ("pte_clear", "rmap_remove")
+    __slots__ = ("pte_clear", "pte_clear_run", "rmap_remove")
 
     def __init__(self, emit: Emit) -> None:
         def pte_clear(row: ClearRow) -> None:
@@ -261,11 +268,18 @@ class EventRows:
                 emit("pte_clear", addr=addr, page=page, level="pte", rmap=rmap,
                      dirty_file=dirty_file)
 
+        def pte_clear_run(run: ClearRun) -> None:
+            rmap = run.rmap
+            for addr, page in zip(run.addrs.tolist(), run.page_list, strict=True):
+                emit("pte_clear", addr=addr, page=page, level="pte", rmap=rmap,
+                     dirty_file=False)
+
         def rmap_remove(pages: Sequence[int], vma_start: int) -> None:
             for page in pages:
                 emit("rmap_remove", page=page)
 
         self.pte_clear = pte_clear
+        self.pte_clear_run = pte_clear_run
         self.rmap_remove = rmap_remove
 
 
@@ -281,11 +295,14 @@ class JsonRows:
     formatted as orjson formats it, anything else goes through
     :func:`render`)."""
 
-    __slots__ = ("pte_clear", "rmap_remove")
+    __slots__ = ("pte_clear", "pte_clear_run", "rmap_remove")
 
     def __init__(self, write: Callable[[bytes], Any]) -> None:
         def pte_clear(row: ClearRow) -> None:
             write(render(clear_event(row)))
+
+        def pte_clear_run(run: ClearRun) -> None:
+            write(b"".join([render(clear_event(row)) for row in run.rows()]))
 
         def rmap_remove(pages: Sequence[int], vma_start: int) -> None:
             lines = []
@@ -297,6 +314,7 @@ class JsonRows:
             write(b"".join(lines))
 
         self.pte_clear = pte_clear
+        self.pte_clear_run = pte_clear_run
         self.rmap_remove = rmap_remove
 
 
@@ -328,12 +346,16 @@ class RowBus:
     time spares a dict, a call and a dispatch per page.
     """
 
-    __slots__ = ("_observers", "_pending", "pte_clear")
+    __slots__ = ("_observers", "_pending", "_runs", "pte_clear")
 
     def __init__(self, observers: Sequence[BulkObserver]) -> None:
         self._observers = tuple(observers)
         self._pending: list[ClearRow] = []
         self.pte_clear = self._pending.append
+        # An observer may also take a ClearRun whole (``pte_clear_run``);
+        # the others get its rows.
+        self._runs: tuple[tuple[BulkObserver, Callable[[ClearRun], Any] | None], ...] = tuple(
+            (o, getattr(o, "pte_clear_run", None)) for o in observers)
 
     def flush(self) -> None:
         """Hand over the cleared PTEs still waiting (the end of a run)."""
@@ -346,6 +368,18 @@ class RowBus:
         self._pending.clear()
         for observer in self._observers:
             observer.pte_clear_rows(rows)
+
+    def pte_clear_run(self, run: ClearRun) -> None:
+        if self._pending:
+            self._drain()
+        rows: list[ClearRow] | None = None
+        for observer, take in self._runs:
+            if take is not None:
+                take(run)
+            else:
+                if rows is None:
+                    rows = run.rows()
+                observer.pte_clear_rows(rows)
 
     def emit(self, event: str, **fields: Any) -> None:
         if self._pending:

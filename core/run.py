@@ -18,7 +18,7 @@ import attrs
 from mmugather.core import fixes as fixes_mod
 from mmugather.core import strategies
 from mmugather.core.arch import ArchSpec, make_machine
-from mmugather.core.callers import make_callers, run_ops
+from mmugather.core.callers import Callers, make_callers, run_ops
 from mmugather.core.check import Checker, Violation
 from mmugather.core.check.complete import Completeness
 from mmugather.core.events import Processor, RowBus, make_stream
@@ -40,6 +40,8 @@ class ArchRun:
     mutant: str | None = None
     mutant_applies: bool = True
     strategy: str = "pointer"
+    #: the operations' process CPU time (``seconds`` is wall-clock)
+    cpu_seconds: float = 0.0
     page_size: int = 4096
 
     def as_json(self) -> dict[str, Any]:
@@ -99,6 +101,8 @@ def run_arch(
     stats: bool = True,
     strategy: str | None = None,
     cpus: CpuConfig | None = None,
+    fast: bool = True,
+    inspect: Callable[[Callers], None] | None = None,
     fixes: Sequence[str] = (),
 ) -> ArchRun:
     """Run ``scenario`` on one arch and return what happened.
@@ -115,6 +119,11 @@ def run_arch(
     a thread of the process on each).
     ``mutant`` names a mutant (:mod:`mmugather.mutants`): its plugin goes
     after ``extra_plugins``, its caller classes in front of the strategy's.
+    ``fast``: the callers take their table-at-a-time fast paths where they
+    apply (``core/callers/memory_fast.py``); False forces the per-PTE
+    reference paths throughout (the same events, state and reports).
+    ``inspect`` is called with the callers once the operations are done
+    (tests compare the address space left behind).
     ``fixes``: commits newer than v6.5 to add (``core/fixes.py``), before
     ``extra_plugins``.
     """
@@ -163,18 +172,23 @@ def run_arch(
         report=checker.report if checker is not None else None,
         rmap_observer=checker.rmap_vma if checker is not None else None,
         progress=progress,
+        fast=fast,
     )
     if checker is not None:
         callers.ctx.complete = Completeness(aspace, checker.report)
     machine.hw_config(callers.ctx.mm)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     with _quiet_collector():
         run_ops(callers, scenario.ops)
+    cpu_seconds = time.process_time() - c0
     seconds = time.perf_counter() - t0
     if isinstance(rows, RowBus):
         rows.flush()
     if checker is not None:
         checker.finish()
+    if inspect is not None:
+        inspect(callers)
     return ArchRun(
         arch=spec.name,
         stats=run_stats.as_dict() if run_stats is not None else {},
@@ -185,5 +199,6 @@ def run_arch(
         mutant=mutant,
         mutant_applies=m.applies(spec) if m is not None else True,
         strategy=strat.name,
+        cpu_seconds=cpu_seconds,
         page_size=size,
     )

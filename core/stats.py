@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmugather.core.aspace import TABLE_ID_BASE
+from mmugather.core.clearrun import ClearRun
 from mmugather.core.events import ClearRow
 
 #: (key, label) in the order the run table prints them.
@@ -121,6 +122,12 @@ class RunStats:
         """``pte_clear`` events at level ``pte``, in bulk (``events.RowBus``)."""
         if rows:
             self.c["ptes_zapped"] += len(rows)
+            self._clear_level = "pte"
+
+    def pte_clear_run(self, run: ClearRun) -> None:
+        """A :class:`~mmugather.core.clearrun.ClearRun`'s rows, in bulk."""
+        if len(run):
+            self.c["ptes_zapped"] += len(run)
             self._clear_level = "pte"
 
     def _swap_free(self, ev: dict[str, Any]) -> None:

@@ -115,16 +115,20 @@ def make_callers(
     report: Callable[[str, str], None] | None = None,
     rmap_observer: Callable[[Iterable[int], int], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    fast: bool = False,
 ) -> Callers:
     """The callers that tear ``aspace`` down through ``machine``'s gather,
     which from now on keeps the address space in step (``machine.model``).
 
     ``classes`` maps parts (:data:`PARTS`) to the class to use; by default
-    those of the seed patch (:func:`caller_classes`).
+    those of the seed patch (:func:`caller_classes`).  ``fast``: take the
+    table-at-a-time fast paths where they apply (``mmugather run`` does);
+    off by default, since they clear a table's run of entries at once, where
+    the explorer stops after each entry.
     """
     cls: dict[str, Any] = {**PARTS, **(classes or {})}
     ctx = ZapContext(aspace, machine, report=report, rmap_observer=rmap_observer,
-                     progress=progress)
+                     progress=progress, fast=fast)
     rmap = cls["rmap"](ctx)
     swap = cls["swap"](ctx, rmap)
     huge_memory = cls["huge_memory"](ctx, rmap, swap)

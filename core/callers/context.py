@@ -8,7 +8,7 @@ functions live in the module of the kernel file that has them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from mmugather.core.aspace import AddressSpace
@@ -42,6 +42,10 @@ class ZapContext:
     #: called after each PTE table with its number of entries, for progress
     #: reports
     progress: Callable[[int], None] | None = None
+    #: take the fast paths of :mod:`~mmugather.core.callers.memory_fast` (a
+    #: PTE table's common entries, a batch's rmaps and references, a step
+    #: at a time) where they apply; False: the per-PTE, per-page paths alone
+    fast: bool = False
     #: the completeness rules (``mmugather run`` with the checker on):
     #: told of each PTE table freed and each operation done
     complete: Completeness | None = None
@@ -53,11 +57,19 @@ class ZapContext:
     #: tables deposited for THPs freed with them
     rss_freed: int = attrs.field(init=False, default=0)
     deposited_freed: int = attrs.field(init=False, default=0)
+    #: the fast paths' steps still in the queue, with their page indexes
+    #: (``memory_fast._page_index()``), and how many pages they hold
+    fast_steps: dict[int, tuple[list[int], Any]] = attrs.field(init=False, factory=dict)
+    fast_step_pages: int = attrs.field(init=False, default=0)
+    #: more than this many pages there means some steps were never met
+    #: again (about two queues' worth)
+    fast_step_limit: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         self.geo = self.machine.geometry
         self.emit = self.machine.emit
         self.rows = page_rows(self.machine.emit, self.machine.rows)
+        self.fast_step_limit = 2 * self.geo.queue_capacity
 
 
 @attrs.define(slots=True, frozen=True)

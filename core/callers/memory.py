@@ -38,6 +38,7 @@ from mmugather.core.aspace import (
     MmVma,
 )
 from mmugather.core.callers.context import UNMAP_DETAILS, ZapContext, ZapDetails, addr_end
+from mmugather.core.callers.memory_fast import zap_pte_run
 from mmugather.core.gather import MmuGather, tlb_gather_mmu
 from mmugather.core.vma import Vma
 from mmugather.plugins.rmap_legacy import DELAY_RMAP, tlb_delay_rmap
@@ -116,7 +117,12 @@ class Memory:
         last = 0
         freed = 0
         anon = 0  # of the freed pages, anonymous ones (the rss counters)
-        while True:
+        if ctx.fast and type(self) is Memory:
+            # The table's leading common entries, a step at a time.
+            i, addr, first, last, freed, anon, queue_full = zap_pte_run(
+                self, tlb, table, i, addr, end, batch_rmap)
+            force_flush = queue_full
+        while addr != end and not queue_full:
             ent = entries[i]
             if ent:
                 if ent & PTE_PRESENT:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import attrs
 from mmugather.core.aspace import PFN_BASE
 from mmugather.core.callers.context import ZapContext
+from mmugather.core.callers.memory_fast import remove_rmaps
 from mmugather.core.callers.rmap import Rmap
 from mmugather.core.callers.swap import Swap
 from mmugather.core.vma import Vma
@@ -37,6 +38,10 @@ class GatherModel:
         observer = self.ctx.rmap_observer
         if observer is not None:
             observer(pages, vma.start)
+        if self.ctx.fast:
+            done = remove_rmaps(self.ctx, pages)
+            if done:
+                pages = pages[done:]
         remove = self.rmap.page_remove_rmap
         store = self.ctx.aspace.pages
         mapcount = store.mapcount

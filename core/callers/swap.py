@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import attrs
 from mmugather.core.aspace import F_FREED, F_SWAPCACHE, PFN_BASE, TABLE_ID_BASE
 from mmugather.core.callers.context import ZapContext
+from mmugather.core.callers.memory_fast import release_pages
 from mmugather.core.callers.rmap import Rmap
 
 
@@ -32,6 +33,10 @@ class Swap:
     def free_pages_and_swap_cache(self, pages: Sequence[int]) -> None:
         """free_pages_and_swap_cache(): drop swap cache of unmapped folios,
         then one reference per entry (release_pages())."""
+        if self.ctx.fast:
+            done = release_pages(self, pages)
+            if done:
+                pages = pages[done:]
         aspace = self.ctx.aspace
         store = aspace.pages
         head_of = store.head

@@ -23,8 +23,10 @@ from typing import Any
 
 from mmugather.core.arch import ArchSpec
 from mmugather.core.aspace import TABLE_ID_BASE
+from mmugather.core.check.fast import FastChecks
 from mmugather.core.check.reach import HardwareRules, tlb_model_of
 from mmugather.core.check.report import TRAIL, Seen, Violation, as_event
+from mmugather.core.clearrun import ClearRun
 from mmugather.core.events import ClearRow
 
 #: a (lock, VMA) key no pending page has
@@ -97,6 +99,8 @@ class Checker:
         #: the hardware rules, from the run's ``hw_config`` event on; until
         #: then (a replay, a hand-played stream) the order rules judge
         self.hw: HardwareRules | None = None
+        #: pages taken a run at a time (``pte_clear_run``), not yet records
+        self.fast = FastChecks(self)
         self._dispatch: dict[str, Callable[[dict[str, Any]], None]] = {
             "pte_clear": self._pte_clear,
             "rmap_remove": self._rmap_remove,
@@ -132,6 +136,8 @@ class Checker:
         self.recent.append((seq, event_dict))
         handler = self._dispatch.get(event_dict["event"])
         if handler is not None:
+            if self.fast.runs and self.fast.event(event_dict):
+                return event_dict
             handler(event_dict)
         return event_dict
 
@@ -234,10 +240,18 @@ class Checker:
 
     def pte_clear_rows(self, rows: list[ClearRow]) -> None:
         """``pte_clear`` events at level ``pte``, in bulk (``events.RowBus``)."""
+        if self.fast.runs:
+            self.fast.settle()
         seq = self.seq
         self._clears(rows, seq, None)
         self.seq = seq + len(rows)
         self._remember(rows[-TRAIL:], self.seq)
+
+    def pte_clear_run(self, run: ClearRun) -> None:
+        """A :class:`~mmugather.core.clearrun.ClearRun`: its ``pte_clear``
+        rows, kept as a run where they can be (``core/check/fast.py``)."""
+        if not self.fast.clear_run(run):
+            self.pte_clear_rows(run.rows())
 
     def _remember(self, items: Sequence[Seen], last_seq: int) -> None:
         """Put bulk events, the last of which is number ``last_seq``, on the trail."""
@@ -381,6 +395,8 @@ class Checker:
         page mapped by another VMA is left for :meth:`rmap_vma` to report,
         after the walk, where the events alone would have it reported.
         """
+        if self.fast.runs and self.fast.rmap_remove_pages(pages, vma_start):
+            return
         seq = self.seq
         if not self.saw_callers or self.replay:
             for page in pages:
@@ -673,6 +689,7 @@ class Checker:
 
     def finish(self) -> None:
         """End of a run: every unhooked table must have been freed by now."""
+        self.fast.settle()
         if self.tables and self.saw_callers:
             table, state = next(iter(self.tables.items()))
             self.violate(

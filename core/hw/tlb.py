@@ -25,13 +25,17 @@ Who may *use* a stale leaf entry is asked per query (the rules differ:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from mmugather.core.constants import Geometry
 from mmugather.core.events import ClearRow
 from mmugather.core.hw.cpus import ZAPPING_CPU, CpuConfig
 from mmugather.core.hw.invalidate import WALK_ASID, WALK_NONE, HwSemantics, Invalidate
+from mmugather.core.hw.tlb_runs import LeafRuns
+
+if TYPE_CHECKING:
+    from mmugather.core.clearrun import ClearRun
 
 # A stale leaf entry is a list, for the per-PTE path: these name its slots.
 PFN, SIZE, LEVEL, DIRTY, HOLDERS, USABLE, SEQ = range(7)
@@ -75,10 +79,13 @@ class TlbModel:
         self.running = cpus.running
         self.lazy = cpus.lazy_mask
         self.mm_alive = True
-        #: base-page leaf entries by address; larger ones apart (so that a PMD
-        #: entry and a PTE entry at one address never collide)
-        self.leaf: dict[int, list[Any]] = {}
+        #: base-page leaf entries by address (``leaf``); larger ones apart
+        #: (so that a PMD entry and a PTE entry at one address never collide)
+        self._leaf: dict[int, list[Any]] = {}
         self.big: dict[int, list[Any]] = {}
+        #: base-page entries kept a run at a time (``pte_run()``), not yet
+        #: in ``_leaf``
+        self._runs = LeafRuns(self)
         #: an upper bound of the holders of ``leaf`` (for the common flush
         #: that reaches every holder of every entry)
         self._leaf_union = 0
@@ -89,6 +96,15 @@ class TlbModel:
         self.dirty_pages: dict[int, int] = {}
         self.clear_mode = CLEAR_KEEPS
         self._by_pfn: dict[int, list[list[Any]]] | None = None
+
+    @property
+    def leaf(self) -> dict[int, list[Any]]:
+        """The stale base-page leaf entries by address, in the order their
+        PTEs were cleared: ``[page, size, level, dirty, holders, usable,
+        seq]`` each (the slot names above)."""
+        if self._runs:
+            self._runs.settle()
+        return self._leaf
 
     # ------------------------------------------------------------------
     # CPUs and the mm
@@ -171,6 +187,20 @@ class TlbModel:
         self._leaf_union |= holders
         self._by_pfn = None
 
+    def pte_run(self, run: ClearRun, seq: int) -> None:
+        """The PTEs of a :class:`~mmugather.core.clearrun.ClearRun` were
+        cleared, numbered from seq + 1: what pte_rows() does with its rows,
+        kept as one run of entries where it can be."""
+        masks = self._clear_masks()
+        if masks is None:
+            return
+        holders, usable = masks
+        if not self._runs.add(run.addrs, run.pages, seq, holders, usable):
+            self.pte_rows(run.rows(), seq)
+            return
+        self._leaf_union |= holders
+        self._by_pfn = None
+
     def entry_cleared(self, addr: int, size: int, level: str, page: int | None,
                       dirty: bool, seq: int) -> None:
         """A huge entry (PMD, PUD, hugetlb) or a single PTE was cleared."""
@@ -213,7 +243,9 @@ class TlbModel:
     def invalidate(self, inv: Invalidate) -> None:
         cpus = inv.cpus
         if inv.leaf:
-            if self.leaf:
+            if self._runs:
+                self._runs.invalidate(inv, cpus)
+            if self._leaf:
                 self._drop_leaf(inv, cpus)
             if self.big:
                 self._drop(self.big, inv, cpus)
