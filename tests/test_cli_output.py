@@ -442,6 +442,28 @@ def test_ctrl_c_during_compare_leaves_no_plot(tmp_path: Path) -> None:
     assert files_in(out) == []
 
 
+def test_ctrl_c_as_the_output_file_is_created_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C the moment the temporary file exists, before the command
+    knows of it (the window the test above can hit on a busy machine): it
+    is held off until the file is registered, then removed."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp_then_ctrl_c(*args: Any, **kw: Any) -> tuple[int, str]:
+        made = real(*args, **kw)
+        os.kill(os.getpid(), signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_ctrl_c)
+    out = tmp_path / "out"
+    out.mkdir()
+    path = scenario_file(tmp_path, 64)
+    assert cli.main(["run", str(path), "--events", str(out / "e.jsonl")]) == 130
+    assert files_in(out) == []
+
+
 def test_ctrl_c_during_analyze_leaves_no_trace(tmp_path: Path, event_log: Path) -> None:
     """The log is a FIFO the test keeps open: analyze waits in the middle of
     reading it, with its trace file open."""

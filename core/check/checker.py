@@ -17,27 +17,27 @@ message, and the trail of events that led to it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Container, Sequence
 from operator import itemgetter
 from typing import Any
 
 from mmugather.core.arch import ArchSpec
-from mmugather.core.aspace import TABLE_ID_BASE
 from mmugather.core.check.fast import FastChecks
 from mmugather.core.check.reach import HardwareRules, tlb_model_of
 from mmugather.core.check.report import TRAIL, Seen, Violation, as_event
+from mmugather.core.check.rmaps import RmapRules
+from mmugather.core.check.tables import TableRules
 from mmugather.core.clearrun import ClearRun
 from mmugather.core.events import ClearRow
-
-#: a (lock, VMA) key no pending page has
-_NO_KEY: tuple[int | None, int] = (None, -2)
 
 _ADDR = itemgetter(0)
 _PAGE = itemgetter(1)
 
 
-class Checker:
-    """Observer of one machine's events.  ``violations`` collects what broke."""
+class Checker(RmapRules, TableRules):
+    """Observer of one machine's events.  ``violations`` collects what broke.
+    The rmap rules live in ``rmaps.py``, the page-table rules in
+    ``tables.py``; the page and flush rules here."""
 
     def __init__(
         self,
@@ -303,191 +303,6 @@ class Checker:
             elif rmap == "now":
                 now_ptl[page] = ptl_key[0]
 
-    def _remove_rmap(self, page: int) -> None:
-        rec = self.inflight.get(page)
-        if rec is None or rec[1] <= 0:
-            self.violate("rmap-once", f"page {page:#x}: rmap removed more often than it was mapped",
-                         page)
-            return
-        rec[1] -= 1
-        if not rec[0] and not rec[1]:
-            del self.inflight[page]
-        hw = self.hw
-        if hw is not None:
-            if hw.tlb.dirty_pages and page in hw.tlb.dirty_pages:
-                hw.dirty_rmap_removed(page)
-            return
-        if self.dirty_uncovered and page in self.dirty_uncovered and self.batch_rmap:
-            self.violate(
-                "dirty-rmap-before-flush",
-                f"dirty file page {page:#x} loses its rmap before the TLB flush: writeback "
-                "could clean it while another CPU still writes through a stale entry",
-                page,
-            )
-            self.dirty_uncovered.discard(page)
-
-    def _page_queued(self, ev: dict[str, Any]) -> None:
-        if not self.replay:
-            return
-        page = ev["page"]
-        if page in self.tables:
-            return  # a page-table page queued as a page (generic arches)
-        pending = 1 if self.gathering and self.uncovered else 0
-        rec = self.inflight.get(page)
-        if rec is None:
-            self.inflight[page] = [1, 0, pending, self.seq, ev]
-        else:
-            rec[0] += 1
-            rec[2] = rec[2] or pending
-            rec[3], rec[4] = self.seq, ev
-
-    def _rmap_remove(self, ev: dict[str, Any]) -> None:
-        page = ev["page"]
-        if not self.saw_callers:
-            return
-        if self.replay:
-            rec = self.inflight.get(page)
-            if page in self.tables:
-                # Queued by pte_free_tlb() & co. on an arch without table
-                # batching: a page no PTE mapped.
-                self.violate("rmap-not-pending", "tlb_flush_rmaps() removes the rmap of "
-                             f"page-table page {page:#x}, queued since the last discard", page)
-            elif rec is None or rec[1] >= rec[0]:
-                self.violate("rmap-once", f"page {page:#x}: rmap removed more often than it "
-                             "was queued", page)
-            else:
-                rec[1] += 1
-            return
-        extra = self.pending_extra.get(page)
-        if extra:
-            self.pending_extra[page] = extra - 1
-            pending = self.pending_rmap.get(page)
-        else:
-            pending = self.pending_rmap.pop(page, None)
-        if pending is None:
-            what = "a page-table page" if page >= TABLE_ID_BASE else "a page"
-            self.violate(
-                "rmap-not-pending",
-                f"tlb_flush_rmaps() removes the rmap of {what} {page:#x} that no PTE cleared "
-                "since the last discard mapped with a pending removal",
-                page,
-            )
-            return
-        ptl, vma_start = pending
-        if ptl is not None and self.ptl != ptl:
-            self.violate(
-                "rmap-outside-ptl",
-                f"page {page:#x}: rmap removed without holding the lock of table {ptl:#x} "
-                "that guarded its PTE",
-                page,
-            )
-        if vma_start != -1:
-            self.removed_vma[page] = vma_start
-        self._remove_rmap(page)
-
-    def rmap_remove_pages(self, pages: Sequence[int], vma_start: int) -> None:
-        """``rmap_remove`` events, one per page, in bulk (``events.RowBus``),
-        for tlb_flush_rmaps() given the VMA at ``vma_start``.
-
-        The usual removal (pending, under its lock, owed, not a dirty page
-        before its flush) is done here; any other goes through the event
-        handler, so that a report is the one the events would give.  Only a
-        page mapped by another VMA is left for :meth:`rmap_vma` to report,
-        after the walk, where the events alone would have it reported.
-        """
-        if self.fast.runs and self.fast.rmap_remove_pages(pages, vma_start):
-            return
-        seq = self.seq
-        if not self.saw_callers or self.replay:
-            for page in pages:
-                self(None, "info", {"page": page, "event": "rmap_remove"})
-            return
-        pending_rmap = self.pending_rmap
-        extra = self.pending_extra
-        inflight = self.inflight
-        removed_vma = self.removed_vma
-        dirty: Container[int] | None
-        if self.hw is not None:
-            dirty = self.hw.tlb.dirty_pages or None
-        else:
-            dirty = self.dirty_uncovered if self.batch_rmap else None
-        ptl_now = self.ptl
-        # The pages of one table share one (lock, VMA) key: check it once.
-        good_key: tuple[int | None, int] = _NO_KEY
-        other_vma = False
-        done = 0  # pages[:done] are on the trail
-        for i, page in enumerate(pages):
-            pending = pending_rmap.get(page)
-            rec = inflight.get(page)
-            if pending is not good_key and pending is not None and (
-                    pending[0] is None or pending[0] == ptl_now):
-                good_key = pending
-                other_vma = pending[1] != vma_start and pending[1] != -1
-            if (pending is not good_key or rec is None or rec[1] <= 0
-                    or (extra and extra.get(page)) or (dirty and page in dirty)):
-                self.seq = seq
-                self._remember(pages[done:i], seq)
-                done = i + 1
-                self(None, "info", {"page": page, "event": "rmap_remove"})
-                seq = self.seq
-                continue
-            seq += 1
-            del pending_rmap[page]
-            if other_vma:
-                removed_vma[page] = pending[1]
-            rec[1] -= 1
-            if not rec[0] and not rec[1]:
-                del inflight[page]
-        self.seq = seq
-        self._remember(pages[max(done, len(pages) - TRAIL):], seq)
-
-    def _rmap_remove_range(self, ev: dict[str, Any]) -> None:
-        """The ``ranges`` strategy: one removal for a run of pages of a folio,
-        checked as that many ``rmap_remove`` events."""
-        first = ev["first"]
-        for page in range(first, first + ev["nr"]):
-            self._rmap_remove({"page": page})
-
-    def rmap_vma(self, pages: Iterable[int], vma_start: int) -> None:
-        """The model tells which VMA tlb_flush_rmaps() was given for ``pages``."""
-        removed = self.removed_vma
-        if not removed:
-            return
-        for page in pages:
-            mapped_by = removed.pop(page, -1)
-            if mapped_by not in (-1, vma_start):
-                self.violate(
-                    "rmap-wrong-vma",
-                    f"page {page:#x} was mapped by the VMA at {mapped_by:#x}, but "
-                    f"tlb_flush_rmaps() was given the VMA at {vma_start:#x}",
-                )
-
-    def _rmap_remove_now(self, ev: dict[str, Any]) -> None:
-        page = ev["page"]
-        self._now_under_ptl(page)
-        self._remove_rmap(page)
-
-    def _rmap_remove_ptes(self, ev: dict[str, Any]) -> None:
-        """The ``folio-batch`` caller removed a run's rmaps at once."""
-        first = ev["first"]
-        for page in range(first, first + ev["nr"]):
-            self._now_under_ptl(page)
-            self._remove_rmap(page)
-
-    def _now_under_ptl(self, page: int) -> None:
-        """A rmap removed at once (hugetlb, a THP, ``up``, ``s390``) goes
-        under the lock that was held when its entry was cleared: with the
-        lock dropped, a racing rmap walk (folio_mkclean(), try_to_unmap())
-        finds the page mapped by an entry that is gone."""
-        ptl = self.now_ptl.pop(page, None)
-        if ptl is not None and self.ptl != ptl:
-            self.violate(
-                "rmap-outside-ptl",
-                f"page {page:#x}: rmap removed at once after the lock of table {ptl:#x} "
-                "that was held when its entry was cleared was dropped",
-                page,
-            )
-
     def _uncovered_now(self) -> set[int | None]:
         """The pages of the cleared entries no flush has covered yet."""
         pages = self._uncovered_pages
@@ -591,74 +406,6 @@ class Checker:
         for table, state in self.tables.items():
             if state == "unhooked":
                 self.tables[table] = "flushed"
-
-    def _table_unhook(self, ev: dict[str, Any]) -> None:
-        self.saw_callers = True
-        table = ev["table"]
-        self.tables[table] = "unhooked"
-        self.table_level[table] = ev.get("level", "")
-        if self.hw is not None:
-            self.hw.tlb.table_unhooked(table, ev["level"], ev["addr"], self.seq)
-            self.table_addr[table] = ev["addr"]
-
-    def _rcu_queue(self, ev: dict[str, Any]) -> None:
-        if self.hw is not None:
-            # Walk caches are judged now (the free may follow at once);
-            # lockless walkers when the table is freed.
-            for table in ev["tables"]:
-                self.hw.table_queued(table, self.table_level.get(table, ""))
-            return
-        for table in ev["tables"]:
-            state = self.tables.get(table)
-            if state == "unhooked":
-                self.violate(
-                    "table-free-walkers",
-                    f"table {table:#x} is handed to RCU before the TLB flush that drops "
-                    "hardware walkers' cached copies of it",
-                )
-            if state is not None:
-                self.tables[table] = "rcu"
-
-    def _rcu_grace_period(self, ev: dict[str, Any]) -> None:
-        if self.hw is not None:
-            self.hw.tlb.walkers_synced()
-        for table, state in self.tables.items():
-            if state == "rcu":
-                self.tables[table] = "rcu-done"
-
-    def _ipi_sync(self, ev: dict[str, Any]) -> None:
-        if self.hw is not None:
-            self.hw.tlb.walkers_synced()
-        for table, state in self.tables.items():
-            if state == "flushed":
-                self.tables[table] = "ipi"
-
-    def _table_free(self, ev: dict[str, Any]) -> None:
-        for table in ev["tables"]:
-            self._table_freed(table)
-
-    def _table_freed(self, table: int) -> None:
-        state = self.tables.pop(table, None)
-        if state is None:
-            if self.saw_callers:
-                self.violate("free-once", f"table {table:#x} is freed but was never unhooked")
-            return
-        if self.hw is not None:
-            self.hw.table_freed(table, self.table_level.get(table, ""),
-                                self.table_addr.pop(table, None))
-            return
-        ok = state in ("rcu-done", "ipi") if self.rcu_tables else state != "unhooked"
-        if not ok:
-            need = (
-                "an RCU grace period (or a synchronising IPI)"
-                if self.rcu_tables
-                else "a TLB flush, whose IPI waits for lockless walkers"
-            )
-            self.violate(
-                "table-free-walkers",
-                f"{self.table_level.get(table, 'page')} table {table:#x} is freed while "
-                f"{state}, before {need}",
-            )
 
     def _gather_end(self, ev: dict[str, Any]) -> None:
         self.in_gather = False

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import io
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -167,6 +168,23 @@ def _is_special(path: str) -> bool:
     return not stat.S_ISREG(mode)
 
 
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Ctrl-C held off (delivered on leaving) where it would leave a file
+    created but not yet known to :class:`Outputs`, which removes it."""
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class Pending:
     """One output file being written: to a temporary name in its directory
     until :meth:`commit` renames it into place; :meth:`discard` removes it.
@@ -237,8 +255,9 @@ class Outputs:
         self.stdout: IO[Any] | None = None
 
     def open(self, path: str, *, text: bool = False) -> IO[Any]:
-        pending = Pending(path, text=text)
-        self.pending.append(pending)
+        with _sigint_held():
+            pending = Pending(path, text=text)
+            self.pending.append(pending)
         return pending.file
 
     def open_stdout(self, *, text: bool = False) -> IO[Any]:
