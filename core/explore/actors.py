@@ -9,6 +9,7 @@ result is a state carrying a :class:`Violation`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,8 +56,9 @@ def pte_item(eng: Engine, table: int, va: int) -> tuple[Any, ...]:
     return ("D", "pte", table, (va >> geo.page_shift) & (geo.ptrs_per_pte - 1))
 
 
-class Actor:
-    """One actor: a kind, a name, a CPU, and its steps."""
+class Actor(ABC):
+    """One actor: a kind, a name, a CPU, and its steps (each kind says when
+    it may step and what a step does)."""
 
     kind = ""
     #: a zapping thread: its steps are the real callers'
@@ -68,14 +70,16 @@ class Actor:
         self.name = name
         self.cpu = cpu
 
-    def init(self, eng: Engine, s: State) -> None:
+    def init(self, eng: Engine, s: State) -> None:  # noqa: B027 (most kinds need nothing)
         """Set up the initial state ``s`` (still being built)."""
 
+    @abstractmethod
     def enabled(self, eng: Engine, st: State) -> bool:
-        raise NotImplementedError
+        """May this actor take a step in state ``st``?"""
 
+    @abstractmethod
     def step(self, eng: Engine, st: State) -> Result:
-        raise NotImplementedError
+        """Its next step from ``st``: the new state, the events, the footprint."""
 
     def idle(self, st: State) -> bool:
         """Finished, or waiting for something that may never come (not a deadlock)."""
