@@ -171,18 +171,23 @@ def _is_special(path: str) -> bool:
 @contextlib.contextmanager
 def _sigint_held() -> Iterator[None]:
     """Ctrl-C held off (delivered on leaving) where it would leave a file
-    created but not yet known to :class:`Outputs`, which removes it."""
+    created but not yet known to :class:`Outputs`, which removes it.  A
+    handler that notes it, not a blocked signal: a process-wide SIGINT goes
+    to whichever thread does not block it, and Python raises it in the main
+    thread all the same."""
     import threading
 
-    if not hasattr(signal, "pthread_sigmask") or \
-            threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    caught: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.signal(signal.SIGINT, old)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
 
 
 class Pending:
