@@ -109,8 +109,31 @@ def source(op: str, page_size: int = 4096) -> str:
     names = {name: f"v{i}" for i, name in enumerate(spec.fields)}
     required = sum(1 for field in spec.fields.values() if field.default is None)
     optional = len(spec.fields) - required
+    args = []
+    for name in spec.args:
+        if name == "vma":
+            args.append(f"Vma({names['start']}, {names['end']}, {names['flags']})")
+        else:
+            args.append(names[name])
+    args += ["None"] * (3 - len(args))
+    result = f"return ({spec.code}, {op!r}, {', '.join(args)})"
+    body: list[str] = []
+    if optional and required:
+        # The usual line gives the required fields only: checked without
+        # counting, the optional ones taking their compiled defaults.
+        body += [f"if len(obj) == {1 + required}:", "    try:"]
+        for name, field in spec.fields.items():
+            if field.default is None:
+                lines = _field_source(names[name], name, field.kind, None, page_size)
+            else:
+                value = (page_size if field.default == PAGE_SIZE
+                         else check_field(name, field.kind, field.default))
+                lines = [f"{names[name]} = {value!r}"]
+            body += ["        " + line for line in lines]
+        body += ["    except KeyError:", "        return None", "    " + result]
     # ``n`` counts the keys the op knows: any other is a field it does not have.
-    body = [] if optional else [f"if len(obj) != {1 + required}: return None"]
+    if not optional:
+        body.append(f"if len(obj) != {1 + required}: return None")
     if spec.fields:
         body.append("try:")
         if optional:
@@ -121,14 +144,7 @@ def source(op: str, page_size: int = 4096) -> str:
         body += ["except KeyError:", "    return None"]
     if optional:
         body.append("if len(obj) != n: return None")
-    args = []
-    for name in spec.args:
-        if name == "vma":
-            args.append(f"Vma({names['start']}, {names['end']}, {names['flags']})")
-        else:
-            args.append(names[name])
-    args += ["None"] * (3 - len(args))
-    body.append(f"return ({spec.code}, {op!r}, {', '.join(args)})")
+    body.append(result)
     return "def check(obj):\n" + "".join(f"    {line}\n" for line in body)
 
 

@@ -19,7 +19,7 @@ from mmugather.core.replay import C_FINISH, C_FLUSH, C_GATHER, C_QUEUE, Compiled
 from mmugather.cli import main
 from mmugather.cli.bench import END_MARK, START_MARK, write_section
 from mmugather.cli.bench_ops import QUEUE_CAPACITY, generate_ops, write_default_json
-from mmugather.cli.bench_replay import collect_events, stock_structlog_emit
+from mmugather.cli.bench_replay import collect_events, command_env, stock_structlog_emit
 
 #: Big enough for gathers that fill the whole queue (seed 0 has one).
 N_FULL, SEED_FULL = 60_000, 0
@@ -143,7 +143,10 @@ def test_bench_command_writes_the_marked_section(
     # Each figure next to its same-run reference.
     assert section.count("| reference: stdlib `json.loads` of each line |") == 2
     assert section.count("| whole command: `mmugather replay FILE --events /dev/null` |") == 2
-    assert section.count(" x json |") == 6
+    assert section.count("| ... the same, compiling its modules at each start "
+                         "(`PYTHONDONTWRITEBYTECODE=1`) |") == 2
+    assert "its bytecode cached, as a package installed by pip has it" in section
+    assert section.count(" x json |") == 8
     assert "| reference: the same events alone through structlog (`make_structlog_emit`) |" in (
         section)
     assert "x structlog |" in section
@@ -174,3 +177,19 @@ def test_default_json_form_compiles_the_same(tmp_path: Path) -> None:
     assert all(", " in line and ": " in line for line in lines[2:] if '"op": "tlb_' in line
                and len(line) > 40)
     assert parse_file(str(spaced), 4096) == parse_file(str(compact), 4096)
+
+
+def test_whole_command_env_caches_bytecode_or_compiles_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("MMUGATHER_ARCH", "s390")
+    cached = command_env("/tmp/somewhere/pycache")
+    assert "PYTHONDONTWRITEBYTECODE" not in cached
+    assert cached["PYTHONPYCACHEPREFIX"] == "/tmp/somewhere/pycache"
+    assert cached["MMUGATHER_ARCH"] == "s390"  # the rest of the environment is kept
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE")
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", "/elsewhere")
+    cold = command_env(None)
+    assert cold["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert "PYTHONPYCACHEPREFIX" not in cold

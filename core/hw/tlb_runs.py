@@ -17,13 +17,16 @@ as the per-PTE path would have left it: reading ``TlbModel.leaf``, clearing
 an entry the per-entry way, an invalidation that would leave the entries of
 one run held by different CPUs, a run whose addresses meet a stale entry
 already kept.
+
+numpy is imported where a run is worked on: a run is only ever made by the
+teardown's fast path, which has imported it, and a command that never tears
+down a table (a replay) should not pay for loading it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from mmugather.core.hw.invalidate import Invalidate
 
 if TYPE_CHECKING:
@@ -51,6 +54,8 @@ class LeafRun:
 
     def seq_array(self) -> Any:
         if self.seqs is None:
+            import numpy as np
+
             self.seqs = np.arange(self.seq0 + 1, self.seq0 + 1 + len(self.addrs),
                                   dtype=np.int64)
         return self.seqs
@@ -77,6 +82,8 @@ class LeafRuns:
         lo = int(addrs[0])
         hi = int(addrs[-1])
         if lo <= self.top:
+            import numpy as np
+
             for run in self.runs:
                 if lo <= int(run.addrs[-1]) and int(run.addrs[0]) <= hi and len(
                         np.intersect1d(addrs, run.addrs, assume_unique=True)):
@@ -120,6 +127,8 @@ class LeafRuns:
         if (inv.level not in (None, "pte")
                 or (inv.page_size and inv.page_size != page_size)):
             return  # it reaches no base-page entry
+        import numpy as np
+
         reached = []
         keep = ~cpus
         for run in self.runs:
@@ -157,6 +166,8 @@ class LeafRuns:
     def _reached(inv: Invalidate, addrs: Any, page_size: int) -> Any:
         """Invalidate.reaches() over base-page entries at ``addrs``: a
         boolean array, or None when the range does not fit numpy."""
+        import numpy as np
+
         start = inv.start
         if start is None:
             return np.ones(len(addrs), dtype=bool)

@@ -19,12 +19,14 @@ import argparse
 import json
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmugather.cli import table
 from mmugather.cli.common import STATUS_HELP, CliError, echo, outputs
 from mmugather.cli.progress import Progress
-from mmugather.core.stats import CALLER_ROWS, ROWS, RunStats
+
+if TYPE_CHECKING:
+    from mmugather.core.stats import RunStats
 
 try:
     import orjson
@@ -148,7 +150,10 @@ class Analysis:
     """Everything ``analyze`` reports, for one arch's events."""
 
     def __init__(self) -> None:
-        self.stats = RunStats()
+        # The engine is imported when a log is read, not with the parser.
+        from mmugather.core.stats import RunStats
+
+        self.stats: RunStats = RunStats()
         self.flushes_per_vma: Counter[str] = Counter()
         self.queue_at_flush: list[int] = []
         self.walks: Counter[int] = Counter()
@@ -204,6 +209,8 @@ class Analysis:
     def counted(self, key: str) -> bool:
         """Whether this log can count row ``key`` (a replay's log counts
         violations only when it has some: its checker may not have run)."""
+        from mmugather.core.stats import CALLER_ROWS
+
         if not self.replay or key not in CALLER_ROWS:
             return True
         return key == "violations" and self.stats.c["violations"] > 0
@@ -266,6 +273,8 @@ def render(results: dict[str, Analysis]) -> str:
     archs = list(results)
     if not archs:
         return "no events"
+    from mmugather.core.stats import ROWS
+
     rows = [(k, label) for k, label in ROWS if any(r.counted(k) for r in results.values())]
     columns = [(a, [table.format_cell(k, results[a].stats.c[k]) if results[a].counted(k)
                     else "-" for k, _ in rows]) for a in archs]

@@ -92,7 +92,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="time the replay on a generated, kernel-shaped replay file",
         description="Generate a replay-v1 file of exit and munmap flows, compact and as "
         "Python's json.dumps writes it, then time: parsing and validating each form, the "
-        "whole 'mmugather replay' command on each, replaying the ops with events off and "
+        "whole 'mmugather replay' command on each (its bytecode cached, as an installed "
+        "package has it, then compiling at each start), replaying the ops with events off and "
         "with the events to /dev/null; each next to a reference measured in the same run "
         "(the stdlib json and orjson reading the same lines, structlog writing the same "
         "events). Each figure is the best of --repeat runs, in CPU time; progress goes to "

@@ -68,8 +68,12 @@ class FormResult:
     stdlib_json: Timing
     #: ``orjson.loads`` of each line of the same file, for reference
     orjson: Timing
-    #: ``mmugather replay FILE --events /dev/null`` as a whole, start-up included
+    #: ``mmugather replay FILE --events /dev/null`` as a whole, start-up included,
+    #: its bytecode cached (as an installed package has it)
     command: Timing | None = None
+    #: the same, compiling every module it imports at start
+    #: (``PYTHONDONTWRITEBYTECODE=1``)
+    command_cold: Timing | None = None
 
 
 @attrs.define(slots=True)
@@ -209,7 +213,23 @@ def read_lines(path: str, loads: Callable[[bytes], Any]) -> None:
             loads(text)
 
 
-def time_command(path: str, arch: str) -> Timing:
+def command_env(pycache: str | None) -> dict[str, str]:
+    """The whole command's environment.  ``pycache``: a directory where the
+    child keeps its bytecode (``PYTHONPYCACHEPREFIX``), as an installed
+    package has it, even where ``PYTHONDONTWRITEBYTECODE`` is set; None:
+    the child compiles what it imports at each start, as this environment
+    makes it."""
+    env = dict(os.environ)
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = pycache
+    else:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.pop("PYTHONPYCACHEPREFIX", None)
+    return env
+
+
+def time_command(path: str, arch: str, env: dict[str, str] | None = None) -> Timing:
     """``python -m mmugather replay PATH --arch ARCH --events /dev/null``:
     wall-clock, and the child's CPU time."""
     import resource
@@ -219,7 +239,8 @@ def time_command(path: str, arch: str) -> Timing:
     argv += ["--events", os.devnull]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
+                          env=env)
     wall = time.perf_counter() - wall
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -229,7 +250,7 @@ def time_command(path: str, arch: str) -> Timing:
 
 
 def _time_form(name: str, path: str, page_size: int, arch: str, repeat: int,
-               progress: Progress, command: bool) -> FormResult:
+               progress: Progress, command: bool, pycache: str) -> FormResult:
     import orjson
 
     from mmugather.core.replay import parse_file
@@ -240,9 +261,17 @@ def _time_form(name: str, path: str, page_size: int, arch: str, repeat: int,
     parse = best("parse + validate", lambda: parse_file(path, page_size))
     stdlib = best("stdlib json, each line", lambda: read_lines(path, json.loads))
     fast = best("orjson, each line", lambda: read_lines(path, orjson.loads))
-    whole = (_best(repeat, f"{name}: mmugather replay (whole command)", progress,
-                   lambda: time_command(path, arch)) if command else None)
-    return FormResult(name, os.path.getsize(path), parse, stdlib, fast, whole)
+    whole = cold = None
+    if command:
+        cached = command_env(pycache)
+        # Not timed: it writes the bytecode the timed runs read.
+        progress(f"{name}: mmugather replay (whole command): writing its bytecode")
+        time_command(path, arch, cached)
+        whole = _best(repeat, f"{name}: mmugather replay (whole command)", progress,
+                      lambda: time_command(path, arch, cached))
+        cold = _best(repeat, f"{name}: mmugather replay (whole command, compiling at start)",
+                     progress, lambda: time_command(path, arch, command_env(None)))
+    return FormResult(name, os.path.getsize(path), parse, stdlib, fast, whole, cold)
 
 
 def run_bench(
@@ -273,8 +302,10 @@ def run_bench(
         write_ops(compact, ops, seed)
         spaced = os.path.join(tmp, f"bench-{ops}-{seed}.json-dumps.ops.jsonl")
         write_default_json(compact, spaced)
+        pycache = os.path.join(tmp, "pycache")
         for (name, _how), path in zip(FORMS, (compact, spaced), strict=True):
-            forms.append(_time_form(name, path, page_size, arch, repeat, progress, command))
+            forms.append(_time_form(name, path, page_size, arch, repeat, progress, command,
+                                    pycache))
         compiled = parse_file(compact, page_size)
         if parse_file(spaced, page_size) != compiled:
             raise RuntimeError("the two forms of the file compile differently")
@@ -359,7 +390,9 @@ def format_report(r: BenchResult) -> str:
         f"({r.events / max(r.pages, 1):.2f} per page). Each figure is the best of {r.repeat} "
         "runs; rates are from the CPU time (the process's own, or the child's for the whole "
         "command). \"x ref\" is the step's CPU time over the reference's, measured in the "
-        "same run.",
+        "same run. The whole command runs with its bytecode cached, as a package installed "
+        "by pip has it (`PYTHONPYCACHEPREFIX`, written by one untimed run first); the row "
+        "after it compiles every module the command imports at each start instead.",
         "",
         "| step | wall (s) | CPU (s) | ops/s | events/s | x ref |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -380,6 +413,12 @@ def format_report(r: BenchResult) -> str:
                               f.command, _rate(r.ops, f.command.cpu),
                               _rate(r.events, f.command.cpu),
                               f"{f.command.cpu / f.stdlib_json.cpu:.2f} x json"))
+        if f.command_cold is not None:
+            lines.append(_row("... the same, compiling its modules at each start "
+                              "(`PYTHONDONTWRITEBYTECODE=1`)",
+                              f.command_cold, _rate(r.ops, f.command_cold.cpu),
+                              _rate(r.events, f.command_cold.cpu),
+                              f"{f.command_cold.cpu / f.stdlib_json.cpu:.2f} x json"))
     lines += [
         "| **the compiled ops** | | | | | |",
         _row("replay, events off (`run`)", r.replay_off, _rate(r.ops, r.replay_off.cpu)),

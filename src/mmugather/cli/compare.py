@@ -29,7 +29,6 @@ from mmugather.cli.common import (
 )
 from mmugather.cli.progress import Progress
 from mmugather.core import strategies
-from mmugather.core.stats import ROWS
 
 #: The counters that measure what the kernel pays; the plot shows these.
 COST_KEYS: tuple[str, ...] = (
@@ -101,6 +100,8 @@ def compare(
                     "seconds": round(run.seconds, 4),
                 }
             )
+    from mmugather.core.stats import ROWS
+
     return {
         "scenario": scenario.name,
         "baseline": baseline,

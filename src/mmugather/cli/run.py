@@ -19,11 +19,10 @@ from mmugather.cli.common import (
     positive,
 )
 from mmugather.cli.progress import Progress
-from mmugather.core.run import ArchRun
-from mmugather.core.stats import ROWS
 
 if TYPE_CHECKING:
     from mmugather.core.arch import ArchSpec
+    from mmugather.core.run import ArchRun
     from mmugather.core.scenario import Scenario
 
 #: Where the rows are explained.
@@ -153,6 +152,8 @@ def plan_runs(
 def format_table(runs: Sequence[ArchRun]) -> str:
     """The side-by-side table: one row per counter, one column per arch
     (wrapped by arch beyond 100 columns)."""
+    from mmugather.core.stats import ROWS
+
     labels = [label for _, label in ROWS]
     columns = [(r.arch, [table.format_cell(key, r.stats.get(key, 0)) for key, _ in ROWS])
                for r in runs]
