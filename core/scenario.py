@@ -14,7 +14,6 @@ import itertools
 import os
 import re
 import sys
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,10 +23,16 @@ from mmugather.core.constants import Geometry
 if TYPE_CHECKING:
     from mmugather.core.aspace import AddressSpace
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+
+def _toml() -> Any:
+    """The TOML reader, loaded when a scenario is read: every command's
+    parser imports this module for its limits, a replay reads no TOML."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    return tomllib
+
 
 #: folio_order = "pmd" and hugepage_size = "pmd"/"pud", resolved per arch in build()
 PMD_ORDER = -1
@@ -413,6 +418,7 @@ def _decode(raw: bytes, path: str) -> dict[str, Any]:
         line = raw.count(NL, 0, exc.start) + 1
         raise ScenarioError(f"{path}:{line}", "", f"not UTF-8: byte {raw[exc.start]:#04x} "
                             f"at offset {exc.start:,}") from None
+    tomllib = _toml()
     try:
         data: dict[str, Any] = tomllib.loads(text)
         return data
@@ -432,17 +438,21 @@ BUILTIN_PACKAGE = "mmugather.core.scenarios"
 
 
 def builtin_names() -> list[str]:
+    from importlib import resources
+
     files = resources.files(BUILTIN_PACKAGE)
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
 
 
 def load_builtin(name: str, page_size: int = 4096, max_pages: int = MAX_PAGES) -> Scenario:
+    from importlib import resources
+
     files = resources.files(BUILTIN_PACKAGE)
     item = files / f"{name}.toml"
     if not item.is_file():
         raise ScenarioError(name, "", f"no such built-in scenario (built-in: "
                             f"{', '.join(builtin_names())})")
-    data = tomllib.loads(item.read_text())
+    data = _toml().loads(item.read_text())
     return parse(data, f"<builtin {name}>", page_size, max_pages)
 
 
