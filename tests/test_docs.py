@@ -511,3 +511,15 @@ def test_every_geometry_field_is_documented() -> None:
     assert table_first_column(body) == given
     shown = set(re.findall(r"`([a-z0-9_]+)`", body))
     assert not derived - shown, f"docs/hardware.md does not name {sorted(derived - shown)}"
+
+
+def test_no_doc_keeps_a_placeholder() -> None:
+    """A line that is one upper-case token (``BEFORE_AFTER_TABLE``) is a
+    placeholder a figure or a table was meant to replace."""
+    left = [
+        f"{path.relative_to(ROOT)}:{n}: {line}"
+        for path in sorted([*DOCS.glob("*.md"), ROOT / "README.md"])
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.fullmatch(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+", line.strip())
+    ]
+    assert left == []
