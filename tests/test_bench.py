@@ -143,8 +143,8 @@ def test_bench_command_writes_the_marked_section(
     # Each figure next to its same-run reference.
     assert section.count("| reference: stdlib `json.loads` of each line |") == 2
     assert section.count("| whole command: `mmugather replay FILE --events /dev/null` |") == 2
-    assert section.count("| ... the same, compiling its modules at each start "
-                         "(`PYTHONDONTWRITEBYTECODE=1`) |") == 2
+    assert section.count("| ... the same under `PYTHONDONTWRITEBYTECODE=1`, no bytecode "
+                         "written |") == 2
     assert "its bytecode cached, as a package installed by pip has it" in section
     assert section.count(" x json |") == 8
     assert "| reference: the same events alone through structlog (`make_structlog_emit`) |" in (

@@ -71,8 +71,7 @@ class FormResult:
     #: ``mmugather replay FILE --events /dev/null`` as a whole, start-up included,
     #: its bytecode cached (as an installed package has it)
     command: Timing | None = None
-    #: the same, compiling every module it imports at start
-    #: (``PYTHONDONTWRITEBYTECODE=1``)
+    #: the same under ``PYTHONDONTWRITEBYTECODE=1``, no bytecode written
     command_cold: Timing | None = None
 
 
@@ -217,8 +216,9 @@ def command_env(pycache: str | None) -> dict[str, str]:
     """The whole command's environment.  ``pycache``: a directory where the
     child keeps its bytecode (``PYTHONPYCACHEPREFIX``), as an installed
     package has it, even where ``PYTHONDONTWRITEBYTECODE`` is set; None:
-    the child compiles what it imports at each start, as this environment
-    makes it."""
+    ``PYTHONDONTWRITEBYTECODE=1`` and no prefix, so that bytecode is read
+    where a ``__pycache__`` has it and never written (a module without one
+    compiles at each start)."""
     env = dict(os.environ)
     if pycache is not None:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -269,7 +269,7 @@ def _time_form(name: str, path: str, page_size: int, arch: str, repeat: int,
         time_command(path, arch, cached)
         whole = _best(repeat, f"{name}: mmugather replay (whole command)", progress,
                       lambda: time_command(path, arch, cached))
-        cold = _best(repeat, f"{name}: mmugather replay (whole command, compiling at start)",
+        cold = _best(repeat, f"{name}: mmugather replay (whole command, no bytecode written)",
                      progress, lambda: time_command(path, arch, command_env(None)))
     return FormResult(name, os.path.getsize(path), parse, stdlib, fast, whole, cold)
 
@@ -392,7 +392,10 @@ def format_report(r: BenchResult) -> str:
         "command). \"x ref\" is the step's CPU time over the reference's, measured in the "
         "same run. The whole command runs with its bytecode cached, as a package installed "
         "by pip has it (`PYTHONPYCACHEPREFIX`, written by one untimed run first); the row "
-        "after it compiles every module the command imports at each start instead.",
+        "after it runs under `PYTHONDONTWRITEBYTECODE=1` with no prefix: bytecode is "
+        "read where a `__pycache__` has it and never written, so a module without one "
+        "(mmugather's own, in an editable install under that setting) compiles at each "
+        "start.",
         "",
         "| step | wall (s) | CPU (s) | ops/s | events/s | x ref |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -414,8 +417,8 @@ def format_report(r: BenchResult) -> str:
                               _rate(r.events, f.command.cpu),
                               f"{f.command.cpu / f.stdlib_json.cpu:.2f} x json"))
         if f.command_cold is not None:
-            lines.append(_row("... the same, compiling its modules at each start "
-                              "(`PYTHONDONTWRITEBYTECODE=1`)",
+            lines.append(_row("... the same under `PYTHONDONTWRITEBYTECODE=1`, "
+                              "no bytecode written",
                               f.command_cold, _rate(r.ops, f.command_cold.cpu),
                               _rate(r.events, f.command_cold.cpu),
                               f"{f.command_cold.cpu / f.stdlib_json.cpu:.2f} x json"))
