@@ -61,18 +61,19 @@ class TableRules:
                 self.tables[table] = "rcu"
 
     def _rcu_grace_period(self, ev: dict[str, Any]) -> None:
-        if self.hw is not None:
-            self.hw.tlb.walkers_synced()
-        for table, state in self.tables.items():
-            if state == "rcu":
-                self.tables[table] = "rcu-done"
+        self._walkers_synced("rcu", "rcu-done")
 
     def _ipi_sync(self, ev: dict[str, Any]) -> None:
+        self._walkers_synced("flushed", "ipi")
+
+    def _walkers_synced(self, waiting: str, done: str) -> None:
+        """No walker is still inside a table: those in state ``waiting``
+        move on to ``done``."""
         if self.hw is not None:
             self.hw.tlb.walkers_synced()
         for table, state in self.tables.items():
-            if state == "flushed":
-                self.tables[table] = "ipi"
+            if state == waiting:
+                self.tables[table] = done
 
     def _table_free(self, ev: dict[str, Any]) -> None:
         for table in ev["tables"]:
